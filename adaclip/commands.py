@@ -1,0 +1,80 @@
+"""Model-side subcommands of the ``adaclip`` program: ``init-checkpoint`` and ``synth``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from adaclip.config import FRAME_AGGS, AdaClipConfig, ClipConfig, PolicyConfig, tiny_config
+
+
+def build_init_config(
+    arch: str,
+    clip_weights: str | None = None,
+    pretrained: str | None = None,
+    num_candidates: int | None = None,
+    top_k: int | None = None,
+    frame_agg: str = "mlp",
+    policy_weights: str | None = None,
+    zero_shot: bool = False,
+) -> AdaClipConfig:
+    """The configuration ``init-checkpoint`` writes (``tiny`` or an open_clip architecture)."""
+    overrides: dict[str, object] = {"frame_agg": frame_agg, "zero_shot": zero_shot}
+    if num_candidates is not None:
+        overrides["num_candidates"] = num_candidates
+    if top_k is not None:
+        overrides["top_k"] = top_k
+    if arch == "tiny":
+        cfg = tiny_config(**overrides)
+        cfg.clip.weights_file = clip_weights
+        cfg.policy.backbone_weights = policy_weights
+        return cfg
+    return AdaClipConfig(
+        clip=ClipConfig(arch=arch, pretrained=pretrained, weights_file=clip_weights),
+        policy=PolicyConfig(backbone_weights=policy_weights),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def init_checkpoint_main(argv: Sequence[str] | None = None) -> int:
+    """``adaclip init-checkpoint OUT --arch tiny|ViT-B-32 [--clip-weights FILE]``."""
+    parser = argparse.ArgumentParser(
+        prog="adaclip init-checkpoint",
+        description="Write a checkpoint folder with untrained AdaCLIP modules (policy and "
+        "aggregation) on top of CLIP weights: for smoke runs, benchmarks and trying the "
+        "pipeline before training.",
+    )
+    parser.add_argument("out", help="checkpoint folder to write")
+    parser.add_argument("--arch", default="tiny", help="'tiny' or an open_clip architecture")
+    parser.add_argument("--clip-weights", help="local CLIP weights file (.pt or .safetensors)")
+    parser.add_argument("--pretrained", help="open_clip pretrained tag (needs network)")
+    parser.add_argument("--policy-weights", help="local MobileNetV3-Large state dict")
+    parser.add_argument("--num-candidates", type=int, help="N candidate frames per video")
+    parser.add_argument("--top-k", type=int, help="K frames kept per video")
+    parser.add_argument("--frame-agg", choices=FRAME_AGGS, default="mlp")
+    parser.add_argument(
+        "--zero-shot", action="store_true", help="no policy: uniform K frames, mean pooling"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from adaclip.checkpoint import save_checkpoint
+    from adaclip.model import AdaCLIP
+
+    torch.manual_seed(args.seed)
+    config = build_init_config(
+        args.arch,
+        clip_weights=args.clip_weights,
+        pretrained=args.pretrained,
+        num_candidates=args.num_candidates,
+        top_k=args.top_k,
+        frame_agg=args.frame_agg,
+        policy_weights=args.policy_weights,
+        zero_shot=args.zero_shot,
+    )
+    model = AdaCLIP(config)
+    model_id = save_checkpoint(model, args.out, kind="init", seed=args.seed)
+    print(f"wrote {args.out} (model_id {model_id}, {model.describe()})")
+    return 0

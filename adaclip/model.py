@@ -1,0 +1,198 @@
+"""The AdaCLIP model: policy -> Hard-Top-k -> CLIP image tower -> aggregation.
+
+Training (``forward``): the policy scores all N candidates, Hard-Top-k picks K with a
+straight-through gradient, CLIP encodes all N so the gradient can flow through A @ F.
+Inference (``encode_video``): no gradient, so CLIP runs on ONLY the K kept frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adaclip.aggregation import build_aggregator, qscore_similarity
+from adaclip.clip_backbone import (
+    build_clip,
+    clip_image_size,
+    create_clip,
+    frozen_clip_parameter_names,
+    preprocess_for_clip,
+)
+from adaclip.config import AdaClipConfig
+from adaclip.policy import PolicyNetwork
+from adaclip.text import encode_text_grouped, encode_text_trimmed, tokenize
+from adaclip.topk import hard_topk, topk_indices
+
+
+@dataclass
+class VideoEncoding:
+    """What ``encode_video`` returns for a batch of B videos."""
+
+    video: Tensor  # (B, D) unit video embedding
+    frames: Tensor  # (B, K, D) raw CLIP embeddings of the kept frames, time order
+    indices: Tensor  # (B, K) kept candidate indices, ascending (time order)
+    weights: Tensor  # (B, K) aggregation weights
+
+
+@dataclass
+class TrainOutput:
+    """What the training ``forward`` returns."""
+
+    text: Tensor  # (B, D) raw text embeddings
+    video: Tensor | None  # (B, D) unit video embeddings; None for query-dependent Q-Score
+    frames: Tensor  # (B, K, D) selected frame embeddings
+    logits: Tensor | None  # (B, N) policy logits; None without a policy
+
+
+def uniform_indices(num_candidates: int, k: int) -> Tensor:
+    """K candidate indices spread evenly over N (all N when K == N)."""
+    return torch.linspace(0, num_candidates - 1, k).round().long()  # (K,)
+
+
+class AdaCLIP(nn.Module):
+    """Adaptive frame selection + CLIP + frame aggregation."""
+
+    def __init__(self, config: AdaClipConfig, *, load_clip_weights: bool = True) -> None:
+        super().__init__()
+        self.clip: Any
+        if load_clip_weights:
+            self.clip, model_cfg = create_clip(config.clip)
+        else:
+            assert config.clip.model_cfg is not None, "a checkpoint config has model_cfg"
+            model_cfg = config.clip.model_cfg
+            self.clip = build_clip(model_cfg)
+        config.clip.model_cfg = model_cfg  # resolved: a checkpoint rebuilds without a hub
+        self.config = config
+        self.model_id: str | None = None  # set when loaded from a checkpoint folder
+        self.image_size = clip_image_size(model_cfg)
+        self.embed_dim = int(model_cfg["embed_dim"])
+        self.policy = (
+            PolicyNetwork(config.policy, config.num_candidates) if config.uses_policy else None
+        )
+        self.aggregator = build_aggregator(
+            config.aggregation, self.embed_dim, config.agg_temperature
+        )
+        for name in frozen_clip_parameter_names(self.clip):
+            self.clip.get_parameter(name).requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale
+
+    # ----------------------------------------------------------------- towers
+    def encode_images(self, frames: Tensor) -> Tensor:
+        """uint8 frames (M, H, W, 3) -> raw CLIP image embeddings (M, D)."""
+        pixels = preprocess_for_clip(frames.to(self.device), self.image_size)
+        return self.clip.encode_image(pixels)
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        return tokenize(texts, self.config.max_text_len)
+
+    def encode_tokens(self, tokens: Tensor) -> Tensor:
+        """Token ids (B, L) -> raw text embeddings (B, D), padding trimmed."""
+        return encode_text_trimmed(self.clip, tokens.to(self.device))
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Captions -> unit text embeddings (B, D), grouped by length for speed."""
+        tokens = self.tokenize(texts).to(self.device)
+        return F.normalize(encode_text_grouped(self.clip, tokens, batch_size), dim=-1)
+
+    # -------------------------------------------------------------- selection
+    def select_indices(self, frames: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Kept candidate indices (B, K) in time order, and the policy logits (B, N)."""
+        b, n = frames.shape[:2]
+        if self.policy is None:
+            idx = uniform_indices(n, self.config.top_k).to(self.device)
+            return idx.unsqueeze(0).expand(b, -1), None
+        logits = self.policy(frames.to(self.device))  # (B, N)
+        return topk_indices(logits, self.config.top_k), logits
+
+    def aggregate(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, K, D) frames -> unit video (B, D), weights (B, K).
+
+        With Q-Score the stored video vector is the mean-pooled one (the first stage of a
+        two-stage search); the query-dependent score is ``qscore_similarity``.
+        """
+        if self.aggregator is None:
+            k = frames.shape[1]
+            video = F.normalize(F.normalize(frames, dim=-1).mean(1), dim=-1)
+            return video, frames.new_full(frames.shape[:2], 1.0 / k)
+        return self.aggregator(frames)
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def encode_video(self, frames: Tensor) -> VideoEncoding:
+        """Encode videos running the CLIP image tower on the K kept frames only.
+
+        Args:
+            frames: uint8 candidate frames (B, N, H, W, 3).
+
+        Returns:
+            VideoEncoding with the video vector, K frame vectors, indices and weights.
+        """
+        b = frames.shape[0]
+        idx, _ = self.select_indices(frames)  # (B, K)
+        rows = torch.arange(b, device=idx.device).unsqueeze(1)
+        kept = frames.to(self.device)[rows, idx]  # (B, K, H, W, 3)
+        feats = self.encode_images(kept.flatten(0, 1)).view(b, idx.shape[1], -1)  # (B, K, D)
+        video, weights = self.aggregate(feats)
+        return VideoEncoding(video=video, frames=feats, indices=idx, weights=weights)
+
+    # --------------------------------------------------------------- training
+    def forward(self, frames: Tensor, tokens: Tensor, tau: float = 1.0) -> TrainOutput:
+        """Training forward.
+
+        Args:
+            frames: uint8 candidate frames (B, N, H, W, 3).
+            tokens: caption token ids (B, L).
+            tau: Hard-Top-k temperature.
+        """
+        b, n = frames.shape[:2]
+        text = self.encode_tokens(tokens)  # (B, D)
+        frames = frames.to(self.device)
+        logits: Tensor | None = None
+        if self.policy is None:
+            idx = uniform_indices(n, self.config.top_k).to(self.device)
+            feats = self.encode_images(frames[:, idx].flatten(0, 1)).view(b, len(idx), -1)
+        else:
+            logits = self.policy(frames)  # (B, N)
+            selection = hard_topk(logits, self.config.top_k, tau, training=self.training)
+            all_feats = self.encode_images(frames.flatten(0, 1)).view(b, n, -1)  # (B, N, D)
+            feats = selection.to(all_feats.dtype) @ all_feats  # (B, K, D)
+        video = None if self.aggregator is None else self.aggregator(feats)[0]
+        return TrainOutput(text=text, video=video, frames=feats, logits=logits)
+
+    def similarity(self, text: Tensor, out_video: Tensor | None, frames: Tensor) -> Tensor:
+        """Cosine similarity (Q, V) between texts and videos under this model's aggregator."""
+        if self.aggregator is None:
+            return qscore_similarity(text, frames, self.config.agg_temperature)[0]
+        assert out_video is not None
+        return F.normalize(text, dim=-1) @ F.normalize(out_video, dim=-1).T
+
+    # ------------------------------------------------------------- optimiser
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split into ``new`` (policy, aggregation) and ``clip``."""
+        clip_params = [p for p in self.clip.parameters() if p.requires_grad]
+        clip_ids = {id(p) for p in self.clip.parameters()}
+        new = [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
+        return {"new": new, "clip": clip_params}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "arch": self.config.clip.arch,
+            "embed_dim": self.embed_dim,
+            "num_candidates": self.config.num_candidates,
+            "top_k": self.config.top_k,
+            "frame_agg": self.config.aggregation,
+            "policy": self.policy is not None,
+        }
