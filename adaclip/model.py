@@ -102,10 +102,10 @@ class AdaCLIP(nn.Module):
         return encode_text_trimmed(self.clip, tokens.to(self.device))
 
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+    def encode_text(self, texts: Sequence[str], max_tokens: int = 4096) -> Tensor:
         """Captions -> unit text embeddings (B, D), grouped by length for speed."""
         tokens = self.tokenize(texts).to(self.device)
-        return F.normalize(encode_text_grouped(self.clip, tokens, batch_size), dim=-1)
+        return F.normalize(encode_text_grouped(self.clip, tokens, max_tokens), dim=-1)
 
     # -------------------------------------------------------------- selection
     def select_indices(self, frames: Tensor) -> tuple[Tensor, Tensor | None]:

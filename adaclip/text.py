@@ -76,25 +76,52 @@ def encode_text_trimmed(clip_model: nn.Module, tokens: Tensor) -> Tensor:
     return x  # (B, D)
 
 
-def encode_text_grouped(clip_model: nn.Module, tokens: Tensor, batch_size: int = 256) -> Tensor:
-    """Encode many captions: sort by length, trim each batch, restore the input order.
+def length_grouped_batches(lengths: Tensor, max_tokens: int, max_batch: int) -> list[Tensor]:
+    """Split caption indices into batches of similar length.
+
+    Captions are sorted by length; a batch grows while ``size * longest <= max_tokens`` and
+    ``size <= max_batch``, so padding is at most the spread of lengths inside one batch.
+
+    Returns:
+        index tensors, one per batch, covering every caption exactly once.
+    """
+    order = torch.argsort(lengths, stable=True).tolist()
+    batches: list[Tensor] = []
+    current: list[int] = []
+    for i in order:
+        longest = max(int(lengths[i]), 1)  # ascending order: this caption is the longest
+        if current and ((len(current) + 1) * longest > max_tokens or len(current) >= max_batch):
+            batches.append(torch.tensor(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(torch.tensor(current))
+    return batches
+
+
+def encode_text_grouped(
+    clip_model: nn.Module, tokens: Tensor, max_tokens: int = 4096, max_batch: int = 512
+) -> Tensor:
+    """Encode many captions in length-grouped, trimmed batches; keep the input order.
 
     Args:
         clip_model: an open_clip CLIP.
         tokens: (B, L) token ids.
-        batch_size: captions per forward pass.
+        max_tokens: token budget of one forward pass (batch size x trimmed length).
+        max_batch: most captions in one forward pass.
 
     Returns:
         (B, D) un-normalised text embeddings in the order of ``tokens``.
     """
     if tokens.shape[0] == 0:
         raise ValueError("no captions to encode")
-    order = torch.argsort(token_lengths(tokens), stable=True)
-    chunks = [
-        encode_text_trimmed(clip_model, tokens[order[i : i + batch_size]])
-        for i in range(0, tokens.shape[0], batch_size)
-    ]
-    sorted_emb = torch.cat(chunks)  # (B, D) in length order
-    out = torch.empty_like(sorted_emb)
-    out[order] = sorted_emb
+    batches = length_grouped_batches(token_lengths(tokens).cpu(), max_tokens, max_batch)
+    out: Tensor | None = None
+    for idx in batches:
+        idx = idx.to(tokens.device)
+        emb = encode_text_trimmed(clip_model, tokens[idx])  # (b, D)
+        if out is None:
+            out = emb.new_empty((tokens.shape[0], emb.shape[1]))
+        out[idx] = emb
+    assert out is not None
     return out

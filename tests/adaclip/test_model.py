@@ -96,7 +96,7 @@ def test_trimmed_text_encoding_equals_full(model: AdaCLIP) -> None:
     with torch.no_grad():
         full = model.clip.encode_text(full_tokens)
         trimmed = encode_text_trimmed(model.clip, full_tokens)
-        grouped = encode_text_grouped(model.clip, full_tokens, batch_size=2)
+        grouped = encode_text_grouped(model.clip, full_tokens, max_tokens=40, max_batch=2)
     assert (trimmed - full).abs().max() <= 1e-5
     assert (grouped - full).abs().max() <= 1e-5
     assert tokenize(texts, 32).shape == (3, 32)
@@ -166,3 +166,14 @@ def test_importing_adaclip_loads_no_forbidden_packages() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_length_grouped_batches_cover_all_and_respect_budget() -> None:
+    from adaclip.text import length_grouped_batches
+
+    lengths = torch.tensor([5, 30, 7, 7, 12, 3, 30, 9])
+    batches = length_grouped_batches(lengths, max_tokens=40, max_batch=3)
+    flat = torch.cat(batches).tolist()
+    assert sorted(flat) == list(range(8))
+    for b in batches:
+        assert len(b) <= 3 and len(b) * int(lengths[b].max()) <= 40 or len(b) == 1

@@ -1,0 +1,54 @@
+"""Shared helpers of the benchmark scripts: timing, machine description, shared data."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SHARED_ANNOTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annots"
+
+
+def msrvtt_test_captions() -> list[str]:
+    """The 1000 captions of the MSR-VTT 1k-A test split (one per video)."""
+    path = Path(os.environ.get("ADACLIP_ANNOTS", SHARED_ANNOTS)) / "msrvtt-jsfusion" / "val.json"
+    annots = json.loads(path.read_text())
+    return [entry["sentences"][0] for entry in annots.values()]
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time in seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    """One line naming the CPU (and GPU when present)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            desc += f", GPU {torch.cuda.get_device_name(0)}"
+        desc += f", torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        pass
+    return desc
