@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "init_checkpoint_main",
         "write an untrained AdaCLIP checkpoint folder",
     ),
+    "index": ("pipelines.index", "main", "bulk-index videos (s3://, folder, manifest) into Qdrant"),
     "synth": ("adaclip.commands", "synth_main", "generate a synthetic captioned video set"),
 }
 

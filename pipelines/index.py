@@ -1,0 +1,234 @@
+"""``adaclip index SOURCE``: bulk-index a bucket or folder of videos into Qdrant with Ray Data.
+
+    ray job submit --working-dir . -- python -m pipelines.index s3://bucket/videos/ \\
+        --checkpoint s3://bucket/models/adaclip --qdrant-url http://qdrant:6333
+
+Incremental and crash-safe: videos whose URI and etag are already in the collection for
+this model are skipped before download; point ids are UUID5 of the URI, so a killed job
+that is run again overwrites instead of duplicating. The driver is the single writer of
+the store (an embedded store belongs to one process), upserting batches as they stream in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
+from pipelines.settings import DEFAULT_QDRANT_PATH, IndexSettings, parse_settings
+from pipelines.sources import ObjectFetcher, VideoObject, download_folder, list_videos
+from pipelines.store import VideoRecord, VideoStore, open_store
+
+log = logging.getLogger("adaclip.index")
+
+
+@dataclass
+class ResolvedModel:
+    """The checkpoint the actors load, with what the driver needs to know about it."""
+
+    uri: str  # what the model actors load (local folder or s3://)
+    model_id: str
+    num_candidates: int
+    top_k: int
+    embed_dim: int
+
+
+@dataclass
+class IndexSummary:
+    """What ``summary.json`` holds."""
+
+    source: str
+    collection: str
+    model_id: str
+    listed: int = 0
+    skipped: int = 0
+    indexed: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    videos_per_s: float = 0.0
+
+
+def resolve_model(settings: IndexSettings) -> ResolvedModel:
+    """Find the checkpoint (or write a zero-shot one) and read its config and model_id."""
+    from adaclip.checkpoint import model_id_of, read_checkpoint_config
+
+    uri = settings.checkpoint
+    if uri is None:
+        uri = str(write_zero_shot_checkpoint(settings))
+    local = uri
+    if uri.startswith("s3://"):
+        local = str(
+            download_folder(uri, tempfile.mkdtemp(prefix="adaclip-ckpt-"), s3_endpoint_url=settings.s3_endpoint_url)
+        )
+    config, _ = read_checkpoint_config(local)
+    assert config.clip.model_cfg is not None
+    return ResolvedModel(
+        uri=uri,
+        model_id=model_id_of(local),
+        num_candidates=settings.num_candidates or config.num_candidates,
+        top_k=config.top_k,
+        embed_dim=int(config.clip.model_cfg["embed_dim"]),
+    )
+
+
+def write_zero_shot_checkpoint(settings: IndexSettings) -> Path:
+    """No checkpoint given: CLIP weights only, uniform K frames, mean pooling."""
+    import torch
+
+    from adaclip.checkpoint import save_checkpoint
+    from adaclip.commands import build_init_config
+    from adaclip.model import AdaCLIP
+
+    out = Path(settings.output) / "zero-shot-checkpoint"
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(0)  # deterministic when no CLIP weights are given (tiny smoke runs)
+    config = build_init_config(settings.arch, clip_weights=settings.clip_weights, zero_shot=True)
+    save_checkpoint(AdaCLIP(config), out, kind="zero-shot")
+    return out
+
+
+def default_collection(model_id: str) -> str:
+    return f"adaclip_{model_id}"
+
+
+def plan(listed: Sequence[VideoObject], indexed: dict[str, str]) -> list[VideoObject]:
+    """The videos to (re)index: new URIs, or URIs whose etag changed."""
+    return [obj for obj in listed if indexed.get(obj.uri) != obj.etag]
+
+
+def to_records(batch: dict[str, np.ndarray], model_id: str) -> list[VideoRecord]:
+    """Rows of the embedding stage -> store records."""
+    return [
+        VideoRecord(
+            uri=str(batch["uri"][i]),
+            video_id=str(batch["video_id"][i]),
+            etag=str(batch["etag"][i]),
+            size_bytes=int(batch["size_bytes"][i]),
+            duration_s=float(batch["duration_s"][i]),
+            video_vector=batch["video_vector"][i],
+            frame_vectors=batch["frame_vectors"][i],
+            frame_ts=list(batch["frame_ts"][i]),
+            frame_weights=list(batch["frame_weights"][i]),
+            model_id=model_id,
+        )
+        for i in range(len(batch["uri"]))
+    ]
+
+
+def build_dataset(
+    todo: Sequence[VideoObject], settings: IndexSettings, model: ResolvedModel, failure_log: Any
+) -> Any:
+    """The Ray Data pipeline: listing -> decode actors (CPU) -> model actors (GPU or CPU)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    use_gpu = settings.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    fetcher = ObjectFetcher(
+        s3_endpoint_url=settings.s3_endpoint_url,
+        max_retries=settings.max_retries,
+        spool_threshold_bytes=settings.spool_threshold_mb << 20,
+    )
+    spec = DecodeSpec(model.num_candidates, settings.frame_size)
+    rows = [asdict(obj) for obj in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 256)))
+    ds = ds.map_batches(
+        DecodeVideos,
+        fn_constructor_args=(fetcher, spec, failure_log),
+        batch_size=settings.decode_batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_actors),
+        num_cpus=settings.decode_cpus,
+        resources=settings.decode_resources or None,
+    )
+    return ds.map_batches(
+        EmbedVideos,
+        fn_constructor_args=(model.uri, settings.s3_endpoint_url, use_gpu),
+        batch_size=settings.model_batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=settings.model_actors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=settings.model_cpus if not use_gpu else 1,
+        resources=settings.model_resources or None,
+    )
+
+
+def run_index(settings: IndexSettings) -> IndexSummary:
+    """Run the whole job; write ``summary.json`` and ``failures.jsonl`` under ``output``."""
+    import ray
+
+    start = time.monotonic()
+    out_dir = Path(settings.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = resolve_model(settings)
+    collection = settings.collection or default_collection(model.model_id)
+    summary = IndexSummary(source=settings.source, collection=collection, model_id=model.model_id)
+    store = open_store(
+        qdrant_path=settings.qdrant_path or DEFAULT_QDRANT_PATH,
+        qdrant_url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key,
+    )
+    failures: list[dict[str, str]] = []
+    try:
+        store.ensure_collection(collection, model.embed_dim, model.top_k, model.model_id)
+        listed = list(
+            list_videos(settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit)
+        )
+        todo = plan(listed, store.indexed_etags())
+        summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
+        log.info("listed %d videos, %d already indexed, %d to index", len(listed), summary.skipped, len(todo))
+        if todo:
+            if not ray.is_initialized():
+                ray.init(address=settings.ray_address, log_to_driver=False)
+            failure_log = ray.remote(FailureLog).options(num_cpus=0).remote()
+            ds = build_dataset(todo, settings, model, failure_log)
+            for batch in ds.iter_batches(batch_size=settings.upsert_batch_size, batch_format="numpy"):
+                records = to_records(batch, model.model_id)
+                store.upsert(records)
+                summary.indexed += len(records)
+                log.info("indexed %d/%d", summary.indexed, len(todo))
+                print(f"indexed {summary.indexed}/{len(todo)} videos", flush=True)
+            failures = ray.get(failure_log.drain.remote())
+        store.optimize()
+    finally:
+        store.close()
+    summary.failed = len(failures)
+    summary.failed_by_reason = dict(Counter(row["reason"] for row in failures))
+    summary.elapsed_s = round(time.monotonic() - start, 3)
+    summary.videos_per_s = round(summary.indexed / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
+    write_reports(out_dir, summary, failures)
+    return summary
+
+
+def write_reports(out_dir: Path, summary: IndexSummary, failures: list[dict[str, str]]) -> None:
+    """``summary.json`` and ``failures.jsonl`` (one row per failed video) for this run."""
+    with open(out_dir / "failures.jsonl", "w") as fh:
+        for row in failures:
+            fh.write(json.dumps(row) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``adaclip index`` and ``python -m pipelines.index``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = parse_settings(IndexSettings, argv, "adaclip index")
+    summary = run_index(settings)
+    print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""Settings of the entry points: one pydantic model each, flags override ``ADACLIP_*``.
+
+Every entry point (``adaclip index``, ``adaclip train``, ``adaclip serve`` ...) declares one
+:class:`JobSettings` subclass. Its fields are the command-line flags (kebab case) and the
+environment variables (``ADACLIP_`` + upper case); the README's configuration reference is
+generated from these models, so a flag is documented exactly once: in its ``description``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliApp, CliPositionalArg, SettingsConfigDict
+
+DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
+
+
+class JobSettings(BaseSettings):
+    """Base of every entry point's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADACLIP_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+
+S = TypeVar("S", bound=JobSettings)
+
+
+def parse_settings(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
+    """Parse ``argv`` (flags) over ``ADACLIP_*`` environment variables into ``cls``."""
+    cls.model_config["cli_prog_name"] = prog
+    return CliApp.run(cls, cli_args=list(argv or []))
+
+
+class StoreSettings(JobSettings):
+    """Where the Qdrant index lives (shared by the index job, the server and search)."""
+
+    collection: str | None = Field(
+        None, description="Qdrant collection (default: derived from the checkpoint's model_id)"
+    )
+    qdrant_path: str | None = Field(
+        None, description=f"embedded Qdrant folder (default {DEFAULT_QDRANT_PATH})"
+    )
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (wins over --qdrant-path)")
+    qdrant_api_key: str | None = Field(None, description="Qdrant server API key")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, moto...); credentials: boto3 chain"
+    )
+
+
+class IndexSettings(StoreSettings):
+    """``adaclip index SOURCE``: bulk-index videos into Qdrant with Ray Data."""
+
+    source: CliPositionalArg[str] = Field(
+        description="s3://bucket/prefix, a local folder, or a manifest file (one URI per line)"
+    )
+    checkpoint: str | None = Field(
+        None, description="checkpoint folder (local or s3://); none: zero-shot CLIP (--arch)"
+    )
+    arch: str = Field("tiny", description="CLIP architecture for zero-shot indexing")
+    clip_weights: str | None = Field(None, description="CLIP weights file for zero-shot indexing")
+    output: str = Field("./.adaclip/jobs/index", description="folder for summary.json and failures.jsonl")
+    ray_address: str | None = Field(None, description="Ray cluster address (default: local/auto)")
+    frame_size: int = Field(224, description="decoded frame size (square, pixels)")
+    num_candidates: int | None = Field(None, description="N candidate frames (default: checkpoint's)")
+    decode_actors: int = Field(2, description="max decode actors (pool grows from 1)")
+    decode_cpus: float = Field(0.5, description="CPUs per decode actor")
+    decode_batch_size: int = Field(4, description="videos per decode batch")
+    model_actors: int = Field(1, description="model actors (one GPU each when the cluster has GPUs)")
+    model_cpus: float = Field(0.5, description="CPUs per model actor on a CPU-only cluster")
+    model_batch_size: int = Field(8, description="videos per model batch")
+    upsert_batch_size: int = Field(64, description="points per Qdrant upsert")
+    use_gpu: bool | None = Field(None, description="force model actors onto GPUs (default: auto)")
+    decode_resources: dict[str, float] = Field(
+        default_factory=dict, description='custom Ray resources per decode actor, e.g. {"cpu_node": 0.01}'
+    )
+    model_resources: dict[str, float] = Field(
+        default_factory=dict, description='custom Ray resources per model actor, e.g. {"gpu_node": 0.01}'
+    )
+    spool_threshold_mb: int = Field(64, description="objects larger than this are spooled to disk")
+    max_retries: int = Field(5, description="retries of transient storage errors")
+    limit: int | None = Field(None, description="index at most this many listed videos")
+    frames_dir: str | None = Field(None, description="pre-extracted frames folder (paper layout)")
+
+
+def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, Any]]:
+    """Flag, variable, default and description of every field, for the README."""
+    rows: list[dict[str, Any]] = []
+    for model in models:
+        for name, field in model.model_fields.items():
+            rows.append(
+                {
+                    "settings": model.__name__,
+                    "flag": "--" + name.replace("_", "-"),
+                    "env": "ADACLIP_" + name.upper(),
+                    "default": None if field.is_required() else field.get_default(call_default_factory=True),
+                    "required": field.is_required(),
+                    "description": field.description or "",
+                }
+            )
+    return rows
