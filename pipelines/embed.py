@@ -43,7 +43,9 @@ def failure_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
     }
 
 
-def decode_object(fetcher: ObjectFetcher, uri: str, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray, float]:
+def decode_object(
+    fetcher: ObjectFetcher, uri: str, spec: DecodeSpec
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Fetch one object and decode its candidates: frames (N,S,S,3), timestamps (N,), duration."""
     from adaclip.decode import decode_candidates
 

@@ -27,7 +27,7 @@ import numpy as np
 from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
 from pipelines.settings import DEFAULT_QDRANT_PATH, IndexSettings, parse_settings
 from pipelines.sources import ObjectFetcher, VideoObject, download_folder, list_videos
-from pipelines.store import VideoRecord, VideoStore, open_store
+from pipelines.store import VideoRecord, open_store
 
 log = logging.getLogger("adaclip.index")
 
@@ -69,7 +69,11 @@ def resolve_model(settings: IndexSettings) -> ResolvedModel:
     local = uri
     if uri.startswith("s3://"):
         local = str(
-            download_folder(uri, tempfile.mkdtemp(prefix="adaclip-ckpt-"), s3_endpoint_url=settings.s3_endpoint_url)
+            download_folder(
+                uri,
+                tempfile.mkdtemp(prefix="adaclip-ckpt-"),
+                s3_endpoint_url=settings.s3_endpoint_url,
+            )
         )
     config, _ = read_checkpoint_config(local)
     assert config.clip.model_cfg is not None
@@ -144,7 +148,7 @@ def build_dataset(
     )
     spec = DecodeSpec(model.num_candidates, settings.frame_size)
     rows = [asdict(obj) for obj in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 256)))
+    ds: Any = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 256)))
     ds = ds.map_batches(
         DecodeVideos,
         fn_constructor_args=(fetcher, spec, failure_log),
@@ -185,17 +189,26 @@ def run_index(settings: IndexSettings) -> IndexSummary:
     try:
         store.ensure_collection(collection, model.embed_dim, model.top_k, model.model_id)
         listed = list(
-            list_videos(settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit)
+            list_videos(
+                settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit
+            )
         )
         todo = plan(listed, store.indexed_etags())
         summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
-        log.info("listed %d videos, %d already indexed, %d to index", len(listed), summary.skipped, len(todo))
+        log.info(
+            "listed %d videos, %d already indexed, %d to index",
+            len(listed),
+            summary.skipped,
+            len(todo),
+        )
         if todo:
             if not ray.is_initialized():
                 ray.init(address=settings.ray_address, log_to_driver=False)
-            failure_log = ray.remote(FailureLog).options(num_cpus=0).remote()
+            failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
             ds = build_dataset(todo, settings, model, failure_log)
-            for batch in ds.iter_batches(batch_size=settings.upsert_batch_size, batch_format="numpy"):
+            for batch in ds.iter_batches(
+                batch_size=settings.upsert_batch_size, batch_format="numpy"
+            ):
                 records = to_records(batch, model.model_id)
                 store.upsert(records)
                 summary.indexed += len(records)
@@ -208,7 +221,9 @@ def run_index(settings: IndexSettings) -> IndexSummary:
     summary.failed = len(failures)
     summary.failed_by_reason = dict(Counter(row["reason"] for row in failures))
     summary.elapsed_s = round(time.monotonic() - start, 3)
-    summary.videos_per_s = round(summary.indexed / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
+    summary.videos_per_s = (
+        round(summary.indexed / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
+    )
     write_reports(out_dir, summary, failures)
     return summary
 

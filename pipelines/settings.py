@@ -65,23 +65,31 @@ class IndexSettings(StoreSettings):
     )
     arch: str = Field("tiny", description="CLIP architecture for zero-shot indexing")
     clip_weights: str | None = Field(None, description="CLIP weights file for zero-shot indexing")
-    output: str = Field("./.adaclip/jobs/index", description="folder for summary.json and failures.jsonl")
+    output: str = Field(
+        "./.adaclip/jobs/index", description="folder for summary.json and failures.jsonl"
+    )
     ray_address: str | None = Field(None, description="Ray cluster address (default: local/auto)")
     frame_size: int = Field(224, description="decoded frame size (square, pixels)")
-    num_candidates: int | None = Field(None, description="N candidate frames (default: checkpoint's)")
+    num_candidates: int | None = Field(
+        None, description="N candidate frames (default: checkpoint's)"
+    )
     decode_actors: int = Field(2, description="max decode actors (pool grows from 1)")
     decode_cpus: float = Field(0.5, description="CPUs per decode actor")
     decode_batch_size: int = Field(4, description="videos per decode batch")
-    model_actors: int = Field(1, description="model actors (one GPU each when the cluster has GPUs)")
+    model_actors: int = Field(
+        1, description="model actors (one GPU each when the cluster has GPUs)"
+    )
     model_cpus: float = Field(0.5, description="CPUs per model actor on a CPU-only cluster")
     model_batch_size: int = Field(8, description="videos per model batch")
     upsert_batch_size: int = Field(64, description="points per Qdrant upsert")
     use_gpu: bool | None = Field(None, description="force model actors onto GPUs (default: auto)")
     decode_resources: dict[str, float] = Field(
-        default_factory=dict, description='custom Ray resources per decode actor, e.g. {"cpu_node": 0.01}'
+        default_factory=dict,
+        description='custom Ray resources per decode actor, e.g. {"cpu_node": 0.01}',
     )
     model_resources: dict[str, float] = Field(
-        default_factory=dict, description='custom Ray resources per model actor, e.g. {"gpu_node": 0.01}'
+        default_factory=dict,
+        description='custom Ray resources per model actor, e.g. {"gpu_node": 0.01}',
     )
     spool_threshold_mb: int = Field(64, description="objects larger than this are spooled to disk")
     max_retries: int = Field(5, description="retries of transient storage errors")
@@ -99,7 +107,9 @@ def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, An
                     "settings": model.__name__,
                     "flag": "--" + name.replace("_", "-"),
                     "env": "ADACLIP_" + name.upper(),
-                    "default": None if field.is_required() else field.get_default(call_default_factory=True),
+                    "default": None
+                    if field.is_required()
+                    else field.get_default(call_default_factory=True),
                     "required": field.is_required(),
                     "description": field.description or "",
                 }

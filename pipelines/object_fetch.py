@@ -1,0 +1,448 @@
+"""Fetching single objects (``s3://`` or local) with error classification and retries.
+
+The decode actors of the ingestion job hold one :class:`ObjectFetcher` each. It is built from
+plain arguments, pickles without its boto3 client (created lazily in the worker) and yields a
+seekable binary file: small S3 objects in memory, large ones spooled to a temp file on local
+disk that is removed when the context exits, local files opened in place.
+
+Errors become a :class:`FetchError` subclass carrying the ``uri`` and a short ``reason``
+(``not_found``, ``access_denied``, ``transient``, ...) that failure reports count by.
+Transient storage errors (throttling, 5xx, dropped connections, timeouts) are retried with
+exponential backoff and jitter; missing objects and permission errors are not.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import boto3
+import botocore.exceptions as bce
+import urllib3.exceptions
+from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# S3 bucket names: 3-63 chars of lowercase letters, digits, dots and hyphens.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "Forbidden",
+        "403",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+TRANSIENT_HTTP_STATUS = frozenset({429, 500, 502, 503, 504})
+# SSL errors are a botocore ConnectionError too, but retrying a bad certificate never helps.
+TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    bce.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+    bce.EndpointConnectionError,
+    bce.ConnectTimeoutError,
+    bce.ProxyConnectionError,
+    bce.IncompleteReadError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    ConnectionError,  # ConnectionResetError, BrokenPipeError, ConnectionRefusedError ...
+    TimeoutError,
+)
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+class FetchError(Exception):
+    """An object could not be fetched. ``reason`` is a short label for failure reports."""
+
+    default_reason = "fetch_error"
+
+    def __init__(
+        self, uri: str, detail: str, *, reason: str | None = None, attempts: int = 1
+    ) -> None:
+        super().__init__(uri, detail)
+        self.uri = uri
+        self.detail = detail
+        self.reason = reason or self.default_reason
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
+        return f"{self.uri}: {self.detail}{tries}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray ships exceptions between processes; keep the keyword-only fields.
+        state = {"reason": self.reason, "attempts": self.attempts}
+        return (type(self), (self.uri, self.detail), state)
+
+
+class ObjectNotFoundError(FetchError):
+    """The object (or its bucket, or the local file) does not exist. Never retried."""
+
+    default_reason = "not_found"
+
+
+class AccessDeniedError(FetchError):
+    """The credentials may not read the object (or the local file is unreadable)."""
+
+    default_reason = "access_denied"
+
+
+class TransientStorageError(FetchError):
+    """Throttling, 5xx or connection trouble that outlasted every retry."""
+
+    default_reason = "transient"
+
+
+# ---- S3 basics ----------------------------------------------------------------------------
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def has_scheme(uri: str) -> bool:
+    """True for ``scheme://...`` strings (``s3://``, ``file://``, ``https://`` ...)."""
+    return bool(_SCHEME_RE.match(uri))
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key/or/prefix`` into ``(bucket, key)``; the key may be empty.
+
+    Raises:
+        ValueError: not an ``s3://`` URI or an invalid bucket name.
+    """
+    if not is_s3_uri(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(f"invalid bucket name {bucket!r} in {uri!r}")
+    return bucket, key
+
+
+def s3_client(
+    endpoint_url: str | None = None, *, max_attempts: int = 5, read_timeout_s: float = 60.0
+) -> Any:
+    """A boto3 S3 client from the standard credential chain (env, profile, IMDS/IRSA ...).
+
+    Args:
+        endpoint_url: an S3-compatible endpoint (MinIO, Ceph, moto); path-style addressing is
+            used with it. ``None`` for AWS.
+        max_attempts: botocore's own attempts per request ("standard" retry mode).
+        read_timeout_s: socket read timeout.
+    """
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=read_timeout_s,
+        tcp_keepalive=True,
+        s3={"addressing_style": "path"} if endpoint_url else None,
+    )
+    # A session per client: boto3's default session is not thread-safe.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _single_attempt_client(endpoint_url: str | None) -> Any:
+    return s3_client(endpoint_url, max_attempts=1)
+
+
+# ---- classification -----------------------------------------------------------------------
+
+
+def _client_error_code(exc: bce.ClientError) -> tuple[str, int | None]:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code, status if isinstance(status, int) else None
+
+
+def classify_error(exc: BaseException) -> str | None:
+    """The failure reason of a storage exception, or ``None`` if it is not one.
+
+    Returns one of ``not_found``, ``access_denied``, ``transient``, ``storage_error`` (another
+    S3 error) or ``io_error`` (another local OS error).
+    """
+    if isinstance(exc, FetchError):
+        return exc.reason
+    if isinstance(exc, bce.ClientError):
+        code, status = _client_error_code(exc)
+        if code in NOT_FOUND_CODES or (not code and status == 404):
+            return "not_found"
+        if code in ACCESS_DENIED_CODES or (not code and status == 403):
+            return "access_denied"
+        if code in TRANSIENT_CODES or status in TRANSIENT_HTTP_STATUS:
+            return "transient"
+        return "storage_error"
+    if isinstance(exc, bce.SSLError):
+        return "storage_error"
+    if isinstance(exc, TRANSIENT_EXCEPTIONS):
+        return "transient"
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return "not_found"
+    if isinstance(exc, PermissionError):
+        return "access_denied"
+    if isinstance(exc, OSError):
+        return "io_error"
+    if isinstance(exc, bce.BotoCoreError):
+        return "storage_error"
+    return None
+
+
+_ERROR_TYPES: dict[str, type[FetchError]] = {
+    "not_found": ObjectNotFoundError,
+    "access_denied": AccessDeniedError,
+    "transient": TransientStorageError,
+}
+
+
+def to_fetch_error(exc: BaseException, uri: str, attempts: int = 1) -> FetchError | None:
+    """Wrap a storage exception as the matching :class:`FetchError` (``None``: not storage)."""
+    if isinstance(exc, FetchError):
+        return exc
+    reason = classify_error(exc)
+    if reason is None:
+        return None
+    if isinstance(exc, bce.ClientError):
+        code, status = _client_error_code(exc)
+        detail = f"{code or status}: {exc.response.get('Error', {}).get('Message', '')}".rstrip()
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    cls = _ERROR_TYPES.get(reason, FetchError)
+    return cls(uri, detail.rstrip(": "), reason=reason, attempts=attempts)
+
+
+def _local_error(exc: OSError, uri: str) -> FetchError:
+    err = to_fetch_error(exc, uri)
+    assert err is not None  # every OSError has a reason
+    return err
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float = 20.0) -> float:
+    """Exponential backoff with jitter: uniform in [d/2, d] where d = base * 2**(attempt-1)."""
+    delay = min(cap_s, base_s * 2 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+# ---- the fetcher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size_bytes: int
+    etag: str
+
+
+def local_etag(st: os.stat_result) -> str:
+    """A cheap change detector for a local file: mtime (ns) and size, in hex.
+
+    Not a content hash: a rewrite with identical size and mtime goes unnoticed, and copying a
+    file elsewhere changes it. It only has to tell the incremental index that a file changed.
+    """
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def local_path(uri: str) -> Path:
+    """The path of a local URI (plain path or ``file://`` URI)."""
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+class ObjectFetcher:
+    """Fetches objects as seekable binary files, retrying transient storage errors.
+
+    Args:
+        s3_endpoint_url: S3-compatible endpoint, ``None`` for AWS.
+        max_retries: retries after the first attempt for transient errors.
+        spool_threshold_bytes: S3 objects larger than this go to a temp file, not memory.
+        spool_dir: folder for those temp files (default: the system temp folder).
+        backoff_base_s: first retry delay; doubles per retry, with jitter.
+        client_factory: builds the boto3 client from the endpoint (tests inject fakes); must
+            be picklable. Default: a client without botocore retries, so that this class owns
+            the retry loop and its attempt counts are request counts.
+        chunk_bytes: read size when spooling.
+    """
+
+    def __init__(
+        self,
+        s3_endpoint_url: str | None = None,
+        max_retries: int = 5,
+        spool_threshold_bytes: int = 64 << 20,
+        spool_dir: str | Path | None = None,
+        backoff_base_s: float = 0.2,
+        *,
+        client_factory: Callable[[str | None], Any] | None = None,
+        chunk_bytes: int = 1 << 20,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.s3_endpoint_url = s3_endpoint_url
+        self.max_retries = max_retries
+        self.spool_threshold_bytes = spool_threshold_bytes
+        self.spool_dir = str(spool_dir) if spool_dir is not None else None
+        self.backoff_base_s = backoff_base_s
+        self.client_factory = client_factory or _single_attempt_client
+        self.chunk_bytes = chunk_bytes
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, created on first use in this process."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self.client_factory(self.s3_endpoint_url)
+        return self._client
+
+    def call_with_retries(self, uri: str, op: Callable[[], T]) -> T:
+        """Run ``op``; retry transient storage errors, raise others as :class:`FetchError`.
+
+        Exceptions that are not storage errors propagate unchanged.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return op()
+            except Exception as exc:
+                err = to_fetch_error(exc, uri, attempts=attempt)
+                if err is None or err is exc:
+                    raise
+                if not isinstance(err, TransientStorageError) or attempt > self.max_retries:
+                    raise err from exc
+                delay = backoff_delay(attempt, self.backoff_base_s)
+                log.warning(
+                    "transient storage error on %s (attempt %d/%d, retry in %.2fs): %s",
+                    uri,
+                    attempt,
+                    self.max_retries + 1,
+                    delay,
+                    err.detail,
+                )
+                time.sleep(delay)
+
+    def stat(self, uri: str) -> ObjectStat:
+        """Size and etag of an object (S3 HEAD, or ``os.stat`` for a local file)."""
+        if not is_s3_uri(uri):
+            try:
+                st = local_path(uri).stat()
+            except OSError as exc:
+                raise _local_error(exc, uri) from exc
+            return ObjectStat(st.st_size, local_etag(st))
+        bucket, key = split_s3_uri(uri)
+        head = self.call_with_retries(uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
+        return ObjectStat(int(head["ContentLength"]), str(head["ETag"]).strip('"'))
+
+    @contextmanager
+    def fetch(self, uri: str) -> Iterator[BinaryIO]:
+        """Open ``uri`` as a seekable binary file for the duration of the context.
+
+        Raises:
+            ObjectNotFoundError, AccessDeniedError, TransientStorageError, FetchError.
+        """
+        if not is_s3_uri(uri):
+            with self._open_local(uri) as f:
+                yield f
+            return
+        spool: list[str] = []  # the temp file path, once created
+        try:
+            f = self.call_with_retries(uri, lambda: self._download(uri, spool))
+            with f:
+                yield f
+        finally:
+            for path in spool:
+                with _suppress_oserror():
+                    os.unlink(path)
+
+    def _open_local(self, uri: str) -> BinaryIO:
+        path = local_path(uri)
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller's context closes it
+        except OSError as exc:
+            raise _local_error(exc, uri) from exc
+
+    def _download(self, uri: str, spool: list[str]) -> BinaryIO:
+        """One attempt: GET the object into memory or into the spool file."""
+        bucket, key = split_s3_uri(uri)
+        resp = self.client.get_object(Bucket=bucket, Key=key)
+        body = resp["Body"]
+        try:
+            if int(resp.get("ContentLength", 0)) <= self.spool_threshold_bytes:
+                return io.BytesIO(body.read())
+            return self._spool(body, uri, spool)
+        finally:
+            body.close()
+
+    def _spool(self, body: Any, uri: str, spool: list[str]) -> BinaryIO:
+        if not spool:
+            if self.spool_dir:
+                os.makedirs(self.spool_dir, exist_ok=True)
+            fd, path = tempfile.mkstemp(
+                prefix="adaclip-fetch-", suffix=Path(uri).suffix, dir=self.spool_dir
+            )
+            os.close(fd)
+            spool.append(path)
+        f = open(spool[0], "w+b")  # noqa: SIM115 - a retry truncates and rewrites it
+        try:
+            while chunk := body.read(self.chunk_bytes):
+                f.write(chunk)
+            f.flush()
+            f.seek(0)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+
+@contextmanager
+def _suppress_oserror() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:  # already gone, or a busy file on an odd filesystem
+        log.debug("could not remove spool file: %s", exc)

@@ -1,0 +1,74 @@
+"""The Qdrant video index: one interface, an embedded and a server backend.
+
+`open_store` picks the backend from the two settings every entry point carries
+(`--qdrant-url` wins over `--qdrant-path`). qdrant-client is imported only when the server
+backend is used (it takes about a second to import).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipelines.store.base import (
+    META_POINT_ID,
+    NAMESPACE,
+    CollectionInfo,
+    ModelMismatchError,
+    SearchHit,
+    VideoRecord,
+    VideoStore,
+    point_id_for,
+    uri_dir_prefixes,
+)
+from pipelines.store.edge import DEFAULT_QDRANT_PATH, EdgeVideoStore
+from pipelines.store.rerank import qscore_rerank
+
+if TYPE_CHECKING:
+    from pipelines.store.server import ServerVideoStore
+
+__all__ = [
+    "DEFAULT_QDRANT_PATH",
+    "META_POINT_ID",
+    "NAMESPACE",
+    "CollectionInfo",
+    "EdgeVideoStore",
+    "ModelMismatchError",
+    "SearchHit",
+    "ServerVideoStore",
+    "VideoRecord",
+    "VideoStore",
+    "open_store",
+    "point_id_for",
+    "qscore_rerank",
+    "uri_dir_prefixes",
+]
+
+
+def open_store(
+    qdrant_path: str | None = None,
+    qdrant_url: str | None = None,
+    api_key: str | None = None,
+) -> VideoStore:
+    """The video store the settings point at.
+
+    Args:
+        qdrant_path: folder of the embedded index (default `./.adaclip/qdrant`).
+        qdrant_url: URL of a Qdrant server; when given, it wins over `qdrant_path`.
+        api_key: the server's API key.
+
+    Returns:
+        An unbound store: call `ensure_collection` (writers) or `open_collection` (readers).
+    """
+    if qdrant_url:
+        from pipelines.store.server import ServerVideoStore
+
+        return ServerVideoStore(url=qdrant_url, api_key=api_key)
+    return EdgeVideoStore(qdrant_path or DEFAULT_QDRANT_PATH)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ServerVideoStore":
+        from pipelines.store.server import ServerVideoStore
+
+        return ServerVideoStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

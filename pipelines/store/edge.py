@@ -1,0 +1,158 @@
+"""Embedded store: the real Qdrant engine in process through qdrant-edge-py.
+
+Each collection is one Edge shard in `<path>/<collection>/`. Points are searchable as soon
+as `upsert` returns (plain segments, exact scan); `optimize()` builds the HNSW index on
+`video` and merges segments, so call it once at the end of an ingestion job. The `frames`
+multivector is never ANN-indexed (m=0): it is only fetched for re-ranking, and a MAX_SIM
+search on it is a full scan. The shard holds a lock on its write-ahead log, so one process
+at a time may open a collection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from pipelines.store.base import (
+    FRAMES_VECTOR,
+    INDEXED_FIELDS,
+    VIDEO_VECTOR,
+    Filter,
+    FloatArray,
+    Point,
+    Row,
+    VideoStore,
+)
+
+DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
+_UPSERT_BATCH = 256
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_CONFIG_FILE = "edge_config.json"  # written by EdgeShard.create
+
+
+def _edge_config(dim: int) -> qe.EdgeConfig:
+    frames = qe.EdgeVectorParams(
+        size=dim,
+        distance=qe.Distance.Cosine,
+        multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+        hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+    )
+    video = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+    return qe.EdgeConfig(vectors={VIDEO_VECTOR: video, FRAMES_VECTOR: frames})
+
+
+def _edge_filter(flt: Filter) -> qe.Filter | None:
+    if not flt:
+        return None
+    return qe.Filter(must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in flt])
+
+
+def _row(point: Any, with_frames: bool = False) -> Row:
+    frames = None
+    if with_frames:
+        frames = np.asarray(point.vector[FRAMES_VECTOR], dtype=np.float32)  # (K, D)
+    score = float(getattr(point, "score", 0.0))
+    return Row(str(point.id), dict(point.payload or {}), score, frames)
+
+
+class EdgeVideoStore(VideoStore):
+    """Video store on a local folder (default `./.adaclip/qdrant`), one shard per collection."""
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_QDRANT_PATH) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._shard: qe.EdgeShard | None = None
+        self._shard_name: str | None = None
+
+    def optimize(self) -> bool:
+        """Build the HNSW index and merge segments (blocking); True if anything changed."""
+        changed = self._require().optimize()
+        self._require().flush()
+        return changed
+
+    def _require(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise RuntimeError("no collection bound: call ensure_collection() first")
+        return self._shard
+
+    def _open(self, name: str, dim: int, create: bool) -> bool:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"bad collection name {name!r}: use letters, digits, _ . -")
+        if self._shard is not None and self._shard_name == name:
+            return True
+        self._close()
+        folder = self.path / name
+        try:
+            if (folder / _CONFIG_FILE).exists():
+                self._shard = qe.EdgeShard.load(str(folder))
+            elif create:
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                shard = qe.EdgeShard.create(str(folder), _edge_config(dim))
+                for key in INDEXED_FIELDS:
+                    shard.update(
+                        qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
+                    )
+                self._shard = shard
+            else:
+                return False
+        except Exception as e:
+            if "WouldBlock" in str(e):
+                raise RuntimeError(
+                    f"the embedded index {folder} is already open (another process or store); "
+                    "an embedded store has one owner at a time (--qdrant-url allows concurrency)"
+                ) from e
+            raise
+        self._shard_name = name
+        return True
+
+    def _upsert_points(self, points: Sequence[Point]) -> None:
+        shard = self._require()
+        for i in range(0, len(points), _UPSERT_BATCH):
+            batch = [
+                qe.Point(p.id, {k: v.tolist() for k, v in p.vectors.items()}, p.payload)
+                for p in points[i : i + _UPSERT_BATCH]
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+
+    def _retrieve(self, ids: Sequence[str]) -> list[Row]:
+        return [_row(p) for p in self._require().retrieve(list(ids), True, False)]
+
+    def _scroll(
+        self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        payload: bool | qe.PayloadSelector = (
+            True if fields is None else qe.PayloadSelector.Include(fields)
+        )
+        request = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=_edge_filter(flt), with_payload=payload
+        )
+        points, next_offset = self._require().scroll(request)
+        return [_row(p) for p in points], (None if next_offset is None else str(next_offset))
+
+    def _query(
+        self, q: FloatArray, limit: int, offset: int, flt: Filter, with_frames: bool
+    ) -> list[Row]:
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset or None,
+            query=qe.Query.Nearest(q.tolist(), using=VIDEO_VECTOR),
+            filter=_edge_filter(flt),
+            with_payload=True,
+            with_vector=[FRAMES_VECTOR] if with_frames else False,
+        )
+        return [_row(p, with_frames) for p in self._require().query(request)]
+
+    def _count_points(self) -> int:
+        return self._require().count(qe.CountRequest(exact=True))
+
+    def _close(self) -> None:
+        if self._shard is not None:
+            shard, self._shard, self._shard_name = self._shard, None, None
+            shard.flush()
+            shard.close()

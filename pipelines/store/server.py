@@ -1,0 +1,172 @@
+"""Server store: qdrant-client against a Qdrant server (or its local mode, in tests).
+
+The schema is the embedded one; writes go out in batches with `wait=True`, so a point is
+searchable when `upsert` returns. The `frames` multivector gets no HNSW graph (m=0): it is
+only fetched for re-ranking. Local mode (`location=":memory:"` or `path=`) is pure Python,
+ignores payload indexes and warns above 20k points: a test stand-in, not a deployment.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from pipelines.store.base import (
+    FRAMES_VECTOR,
+    INDEXED_FIELDS,
+    VIDEO_VECTOR,
+    Filter,
+    FloatArray,
+    Point,
+    Row,
+    VideoStore,
+)
+
+_UPSERT_BATCH = 64  # ~13 x 512 floats a point: a few MB of JSON a request
+
+
+def _vectors_config(dim: int) -> dict[str, qm.VectorParams]:
+    frames = qm.VectorParams(
+        size=dim,
+        distance=qm.Distance.COSINE,
+        multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
+        hnsw_config=qm.HnswConfigDiff(m=0),
+    )
+    return {
+        VIDEO_VECTOR: qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+        FRAMES_VECTOR: frames,
+    }
+
+
+def _client_filter(flt: Filter) -> qm.Filter | None:
+    if not flt:
+        return None
+    return qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in flt])
+
+
+def _row(point: Any, with_frames: bool = False) -> Row:
+    frames = None
+    if with_frames:
+        frames = np.asarray(point.vector[FRAMES_VECTOR], dtype=np.float32)  # (K, D)
+    score = float(getattr(point, "score", 0.0))
+    return Row(str(point.id), dict(point.payload or {}), score, frames)
+
+
+class ServerVideoStore(VideoStore):
+    """Video store behind a Qdrant server (`url`), or qdrant-client's local mode.
+
+    Args:
+        url: Qdrant server URL (`http://host:6333`).
+        api_key: its API key, if any.
+        location: `":memory:"` for an in-process local mode (tests).
+        path: folder of a persistent local mode (tests).
+        prefer_grpc: talk gRPC to the server (faster bulk upserts).
+        timeout: request timeout in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        location: str | None = None,
+        path: str | None = None,
+        prefer_grpc: bool = False,
+        timeout: int = 60,
+    ) -> None:
+        super().__init__()
+        if sum(x is not None for x in (url, location, path)) != 1:
+            raise ValueError("give exactly one of url, location or path")
+        if url is not None:
+            self._client = QdrantClient(
+                url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout
+            )
+        else:
+            self._client = QdrantClient(location=location, path=path)
+        self._name: str | None = None
+        self._closed = False
+
+    def _require(self) -> str:
+        if self._name is None:
+            raise RuntimeError("no collection bound: call ensure_collection() first")
+        return self._name
+
+    def _open(self, name: str, dim: int, create: bool) -> bool:
+        self._name = None
+        if not self._client.collection_exists(name):
+            if not create:
+                return False
+            try:
+                self._client.create_collection(name, vectors_config=_vectors_config(dim))
+            except Exception:
+                if not self._client.collection_exists(name):  # else: created concurrently
+                    raise
+            with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+                warnings.simplefilter("ignore", UserWarning)
+                for key in INDEXED_FIELDS:
+                    self._client.create_payload_index(
+                        name, key, qm.PayloadSchemaType.KEYWORD, wait=True
+                    )
+        self._name = name
+        return True
+
+    def _upsert_points(self, points: Sequence[Point]) -> None:
+        name = self._require()
+        for i in range(0, len(points), _UPSERT_BATCH):
+            batch = [
+                qm.PointStruct(
+                    id=p.id,
+                    vector={k: v.tolist() for k, v in p.vectors.items()},
+                    payload=p.payload,
+                )
+                for p in points[i : i + _UPSERT_BATCH]
+            ]
+            self._client.upsert(name, batch, wait=True)
+
+    def _retrieve(self, ids: Sequence[str]) -> list[Row]:
+        points = self._client.retrieve(
+            self._require(), list(ids), with_payload=True, with_vectors=False
+        )
+        return [_row(p) for p in points]
+
+    def _scroll(
+        self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
+    ) -> tuple[list[Row], str | None]:
+        points, next_offset = self._client.scroll(
+            self._require(),
+            scroll_filter=_client_filter(flt),
+            limit=limit,
+            offset=offset,
+            with_payload=True if fields is None else fields,
+            with_vectors=False,
+        )
+        return [_row(p) for p in points], (None if next_offset is None else str(next_offset))
+
+    def _query(
+        self, q: FloatArray, limit: int, offset: int, flt: Filter, with_frames: bool
+    ) -> list[Row]:
+        response = self._client.query_points(
+            self._require(),
+            query=q.tolist(),
+            using=VIDEO_VECTOR,
+            query_filter=_client_filter(flt),
+            limit=limit,
+            offset=offset or None,
+            with_payload=True,
+            with_vectors=[FRAMES_VECTOR] if with_frames else False,
+        )
+        return [_row(p, with_frames) for p in response.points]
+
+    def _count_points(self) -> int:
+        return self._client.count(self._require(), exact=True).count
+
+    def _close(self) -> None:
+        self._name = None
+        if not self._closed:
+            self._closed = True
+            self._client.close()

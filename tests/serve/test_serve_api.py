@@ -1,0 +1,449 @@
+"""The search API without Ray Serve: FastAPI app + SearchService + real encoder and store.
+
+The HTTP layer is driven in process (Starlette's TestClient); the same app runs behind
+Ray Serve in test_serve_http.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import IndexedVideos
+from fastapi.testclient import TestClient
+
+from pipelines.store import open_store
+from serve.api import ApiOptions, create_api
+from serve.encoder import ModelInfo, QueryCache, QueryEncoder, normalize_query
+from serve.media import MediaResolver, resolve_media_path
+from serve.search import SearchService
+from serve.settings import ServeSettings
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "test-key-123"
+
+# (body, expected status): every refused request is a 4xx with an "error" message.
+BAD_REQUESTS: list[tuple[str, int]] = [
+    ("{bad json", 400),
+    ('{"query": "a", ', 400),
+    ("", 422),
+    ("null", 422),
+    ("[]", 422),
+    ('"a red circle"', 422),
+    ("{}", 422),
+    ('{"query": ""}', 422),
+    ('{"query": "   \\n\\t "}', 422),
+    ('{"query": "' + "x" * 1001 + '"}', 422),
+    ('{"query": 5}', 422),
+    ('{"query": ["a"]}', 422),
+    ('{"query": {"text": "a"}}', 422),
+    ('{"query": null}', 422),
+    ('{"query": true}', 422),
+    ('{"query": "\\ud800"}', 422),
+    ('{"query": "a", "top_k": 0}', 422),
+    ('{"query": "a", "top_k": 101}', 422),
+    ('{"query": "a", "top_k": -3}', 422),
+    ('{"query": "a", "top_k": "5"}', 422),
+    ('{"query": "a", "top_k": 2.5}', 422),
+    ('{"query": "a", "top_k": true}', 422),
+    ('{"query": "a", "top_k": null}', 422),
+    ('{"query": "a", "rerank": "yes"}', 422),
+    ('{"query": "a", "unknown": 1}', 422),
+    ('{"query": "a", "filter": {"uri": "x"}}', 422),
+    ('{"query": "a", "filter": {"uri_prefix": 7}}', 422),
+    ('{"query": "a", "filter": "s3://b/"}', 422),
+]
+
+# Odd but valid queries: never a 500.
+ODD_QUERIES = [
+    "x" * 1000,
+    "日本語のクエリ" * 100,
+    "emoji 🎬🔴⚪ circle",
+    "<script>alert(1)</script>",
+    "nul \x00 byte and \x07 bell",
+    "'; DROP TABLE videos; --",
+    "a",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(indexed_videos: IndexedVideos) -> QueryEncoder:
+    return QueryEncoder(str(indexed_videos.checkpoint))
+
+
+@pytest.fixture(scope="module")
+def store_copy(indexed_videos: IndexedVideos, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's own copy of the index (an embedded store has one owner at a time)."""
+    dest = tmp_path_factory.mktemp("api_store") / "qdrant"
+    shutil.copytree(indexed_videos.qdrant_path, dest)
+    return dest
+
+
+def make_service(
+    encoder: QueryEncoder, indexed: IndexedVideos, store_path: Path, **kwargs: Any
+) -> SearchService:
+    async def embed(text: str) -> Any:
+        return encoder.encode([text])[0]
+
+    return SearchService(
+        embed=embed,
+        info=kwargs.pop("info", encoder.info),
+        open_store=kwargs.pop("open_store", lambda: open_store(qdrant_path=str(store_path))),
+        collection=indexed.collection,
+        media=MediaResolver(indexed.media_root),
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def service(
+    encoder: QueryEncoder, indexed_videos: IndexedVideos, store_copy: Path
+) -> Iterator[SearchService]:
+    svc = make_service(encoder, indexed_videos, store_copy)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(service: SearchService) -> TestClient:
+    return TestClient(create_api(service, ApiOptions(max_body_bytes=4096)))
+
+
+def test_search_equals_direct_store_search(
+    client: TestClient, service: SearchService, encoder: QueryEncoder
+) -> None:
+    store = service._store if service._store is not None else None
+    client.post("/search", json={"query": "warm"})  # opens the store
+    store = service._store
+    assert store is not None
+    for query, rerank in [("a red circle moving left", False), ("blue square going up", True)]:
+        r = client.post("/search", json={"query": query, "top_k": 4, "rerank": rerank})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        direct = store.search(
+            encoder.encode([query])[0],
+            top_k=4,
+            rerank=rerank,
+            rerank_candidates=service.rerank_candidates,
+            agg_temperature=encoder.info.agg_temperature,
+        )
+        assert [h["video_id"] for h in body["results"]] == [h.video_id for h in direct]
+        for got, want in zip(body["results"], direct, strict=True):
+            assert got["score"] == pytest.approx(want.score, abs=1e-6)
+            assert got["uri"] == want.uri and got["frame_ts"] == want.frame_ts
+            assert got["best_moment_s"] == want.best_moment_s
+            assert (got["best_moment_s"] is not None) == rerank
+        assert body["model_id"] == encoder.info.model_id and body["took_ms"] > 0
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_REQUESTS)
+def test_bad_requests_are_4xx_with_message(client: TestClient, body: str, status: int) -> None:
+    r = client.post("/search", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+
+
+@pytest.mark.parametrize("query", ODD_QUERIES)
+def test_odd_but_valid_queries(client: TestClient, query: str) -> None:
+    r = client.post("/search", json={"query": query, "top_k": 100, "rerank": True})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 6
+
+
+def test_other_bad_inputs(client: TestClient) -> None:
+    assert client.post("/search", content=b"x" * 5000).status_code == 413
+    r = client.post("/search", content="query=a", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422
+    assert client.get("/search").status_code == 405
+    assert client.get("/videos/" + "v" * 600).status_code == 422
+    r = client.get("/videos/no-such-video")
+    assert r.status_code == 404 and "no-such-video" in r.json()["error"]
+    assert client.get("/nope").status_code == 404
+    assert client.post("/search", content=b"\xff\xfe{}").status_code in (400, 422)
+
+
+def test_filter_and_video_lookup(client: TestClient, indexed_videos: IndexedVideos) -> None:
+    one = indexed_videos.videos["video00001"]
+    body = {"query": "circle", "filter": {"uri_prefix": str(one)}, "top_k": 10}
+    hits = client.post("/search", json=body).json()["results"]
+    assert [h["video_id"] for h in hits] == ["video00001"]
+    prefix = str(one.parent) + "/"
+    assert (
+        len(
+            client.post("/search", json={**body, "filter": {"uri_prefix": prefix}}).json()[
+                "results"
+            ]
+        )
+        == 6
+    )
+    none = {**body, "filter": {"uri_prefix": "s3://elsewhere/"}}
+    assert client.post("/search", json=none).json()["results"] == []
+    info = client.get("/videos/video00001").json()
+    assert info["uri"] == str(one) and info["media_url"] == "/media/synth/video00001.mp4"
+    assert len(info["frame_ts"]) == len(info["frame_weights"]) > 0
+    media = client.get(info["media_url"])
+    assert media.status_code == 200 and media.content == one.read_bytes()
+    assert media.headers["content-type"] == "video/mp4"
+    part = client.get(info["media_url"], headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == one.read_bytes()[:10]
+
+
+def test_health_ready_docs_page(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["videos"] == 6
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/videos/{video_id}", "/healthz", "/readyz"} <= set(paths)
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="query"' in page.text
+    assert "__ADACLIP_BASE__" not in page.text and 'const BASE = "";' in page.text
+
+
+def test_api_key(service: SearchService) -> None:
+    guarded = TestClient(create_api(service, ApiOptions(api_key=KEY)))
+    body = {"query": "a red circle"}
+    assert guarded.post("/search", json=body).status_code == 401
+    assert guarded.post("/search", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert guarded.post("/search", content="{bad").status_code == 401  # key checked first
+    assert guarded.post("/search", json=body, headers={"X-API-Key": KEY}).status_code == 200
+    assert guarded.get("/videos/video00001").status_code == 401
+    assert guarded.get("/videos/video00001", headers={"X-API-Key": KEY}).status_code == 200
+    assert guarded.get("/media/synth/video00001.mp4").status_code == 401
+    assert guarded.get(f"/media/synth/video00001.mp4?api_key={KEY}").status_code == 200
+    for open_path in ("/healthz", "/readyz", "/", "/docs", "/openapi.json"):
+        assert guarded.get(open_path).status_code == 200, open_path
+
+
+def test_cors(service: SearchService) -> None:
+    app = create_api(service, ApiOptions(api_key=KEY, cors_origins=["https://ok.example"]))
+    c = TestClient(app)
+    pre = c.options(
+        "/search",
+        headers={
+            "Origin": "https://ok.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key,content-type",
+        },
+    )
+    assert pre.status_code == 200
+    assert pre.headers["access-control-allow-origin"] == "https://ok.example"
+    r = c.post("/search", json={"query": "a"}, headers={"Origin": "https://ok.example"})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://ok.example"
+    bad = c.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in bad.headers
+    plain = TestClient(create_api(service)).get("/healthz", headers={"Origin": "https://x.example"})
+    assert "access-control-allow-origin" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "/media/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/media/synth/..%2F..%2Fqdrant",
+        "/media/%2Fetc%2Fpasswd",
+        "/media//etc/passwd",
+        "/media/synth/video00001.mp4%00.txt",
+        "/media/synth/..%5C..%5Cetc%5Cpasswd",
+        "/media/synth/train.json",
+        "/media/synth",
+        "/media/",
+        "/media/synth/escape.mp4",
+    ],
+)
+def test_media_confined_to_root(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 404, (path, r.status_code)
+    assert b"root:" not in r.content
+
+
+def test_store_unreachable_is_503(encoder: QueryEncoder, indexed_videos: IndexedVideos) -> None:
+    from pipelines.store.server import ServerVideoStore
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = make_service(
+        encoder,
+        indexed_videos,
+        Path("unused"),
+        open_store=lambda: ServerVideoStore(url=f"http://127.0.0.1:{port}", timeout=2),
+    )
+    c = TestClient(create_api(down))
+    r = c.post("/search", json={"query": "a red circle"})
+    assert r.status_code == 503 and "store unavailable" in r.json()["error"]
+    assert c.get("/videos/video00001").status_code == 503
+    assert c.get("/readyz").status_code == 503
+    assert c.get("/healthz").status_code == 200
+    assert c.post("/search", json={"query": ""}).status_code == 422  # still validated first
+
+
+def test_wrong_model_or_dead_encoder_is_503(
+    encoder: QueryEncoder, indexed_videos: IndexedVideos, tmp_path: Path
+) -> None:
+    shutil.copytree(indexed_videos.qdrant_path, tmp_path / "q")
+    other = ModelInfo(**{**encoder.info.to_dict(), "model_id": "0123456789abcdef"})
+    mismatch = make_service(encoder, indexed_videos, tmp_path / "q", info=other)
+    r = TestClient(create_api(mismatch)).post("/search", json={"query": "a"})
+    assert r.status_code == 503 and "0123456789abcdef" in r.json()["error"]
+    mismatch.close()
+
+    async def broken(text: str) -> Any:
+        raise RuntimeError("replica died")
+
+    dead = make_service(encoder, indexed_videos, tmp_path / "q")
+    dead._embed = broken
+    r = TestClient(create_api(dead)).post("/search", json={"query": "a"})
+    assert r.status_code == 503 and "encoder" in r.json()["error"]
+    dead.close()
+
+
+def test_resolve_media_path(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "v.mp4").write_bytes(b"v")
+    (root / "a" / "notes.txt").write_text("n")
+    (tmp_path / "secret.mp4").write_bytes(b"s")
+    (root / "a" / "link.mp4").symlink_to(tmp_path / "secret.mp4")
+    r = root.resolve()
+    assert resolve_media_path(r, "a/v.mp4") == r / "a" / "v.mp4"
+    for bad in ["../secret.mp4", "a/../../secret.mp4", "/etc/passwd", "a/link.mp4", "a/notes.txt",
+                "a", "", "a\\v.mp4", "a/v.mp4\x00", "a/missing.mp4"]:  # fmt: skip
+        assert resolve_media_path(r, bad) is None, bad
+
+
+def test_media_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "videos"
+    (root / "x y").mkdir(parents=True)
+    video = root / "x y" / "clip#1.mp4"
+    video.write_bytes(b"v")
+    media = MediaResolver(root, s3_endpoint_url="http://127.0.0.1:9", presign_expires_s=60)
+    assert media.media_url(str(video)) == "/media/x%20y/clip%231.mp4"
+    assert media.media_url(video.as_uri(), base="/app") == "/app/media/x%20y/clip%231.mp4"
+    assert media.media_url(str(tmp_path / "elsewhere.mp4")) is None
+    assert media.media_url("relative/clip.mp4") is None
+    assert media.media_url("https://cdn.example/v.mp4") == "https://cdn.example/v.mp4"
+    assert MediaResolver(None).media_url(str(video)) is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    url = media.media_url("s3://bucket/clips/a b.mp4")
+    assert url is not None and url.startswith("http://127.0.0.1:9/bucket/clips/a%20b.mp4?")
+    assert "Signature=" in url and ("X-Amz-Expires=60" in url or "Expires=" in url)
+    assert media.media_url("s3://") is None  # unpresignable: the hit stays, without media
+
+
+def test_query_cache_lru() -> None:
+    cache = QueryCache(2)
+    a, b, c = (np.full(2, i, dtype=np.float32) for i in range(3))
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # a is now the most recent
+    cache.put("c", c)
+    assert cache.get("b") is None and cache.get("a") is a and cache.get("c") is c
+    assert (cache.hits, cache.misses, len(cache)) == (3, 1, 2)
+    off = QueryCache(0)
+    off.put("a", a)
+    assert off.get("a") is None and len(off) == 0
+    assert normalize_query("  a   red\tcircle \n") == "a red circle"
+
+
+def test_encoder_is_exact_and_batch_independent(encoder: QueryEncoder) -> None:
+    texts = ["a red circle moving left", "cyan cross", "a video of a white triangle going up"]
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert encoder.info.dim == together.shape[1]
+
+
+def test_settings_and_builder(
+    indexed_videos: IndexedVideos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from serve.app import build_app, encoder_options, ingress_options
+
+    monkeypatch.setenv("ADACLIP_CORS_ORIGINS", "https://a.example, https://b.example")
+    s = ServeSettings(checkpoint=str(indexed_videos.checkpoint), port="9000")  # type: ignore[arg-type]
+    assert s.cors_origins == ["https://a.example", "https://b.example"] and s.port == 9000
+    with pytest.raises(ValidationError):
+        ServeSettings()  # type: ignore[call-arg]  # checkpoint is required
+    with pytest.raises(ValidationError):
+        build_app({"checkpoint": "x", "no_such_setting": 1})
+    assert build_app({"checkpoint": str(indexed_videos.checkpoint)}) is not None
+    enc = encoder_options(
+        ServeSettings(checkpoint="c", min_replicas=1, max_replicas=3, use_gpu=True)
+    )
+    assert enc["autoscaling_config"]["max_replicas"] == 3
+    assert enc["ray_actor_options"]["num_gpus"] == 1
+    assert ingress_options(ServeSettings(checkpoint="c"))["num_replicas"] == 1  # embedded
+    remote = ingress_options(ServeSettings(checkpoint="c", qdrant_url="http://q:6333"))
+    assert remote["autoscaling_config"]["max_replicas"] == 2
+
+
+def test_config_yaml_is_a_valid_deploy_config() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    config = ServeDeploySchema.model_validate(doc)
+    app = config.applications[0]
+    assert app.import_path == "serve.app:build_app"
+    ServeSettings(**app.args)  # the builder accepts these args
+
+
+def test_search_cli_local(
+    indexed_videos: IndexedVideos, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adaclip.cli import main
+
+    shutil.copytree(indexed_videos.qdrant_path, tmp_path / "q")
+    args = ["search", "a red circle", "--local", "--checkpoint", str(indexed_videos.checkpoint)]
+    args += ["--qdrant-path", str(tmp_path / "q"), "--top-k", "3", "--rerank"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("3 results")
+    assert "video0000" in lines[0] and "@" in lines[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["search", "x", "--url", f"http://127.0.0.1:{port}", "--timeout-s", "2"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_cli_lists_serve_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from adaclip.cli import SUBCOMMANDS, main
+
+    assert SUBCOMMANDS["serve"][:2] == ("serve.cli", "serve_main")
+    assert SUBCOMMANDS["search"][:2] == ("serve.cli", "search_main")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "serve" in out and "search" in out
+
+
+def test_importing_the_app_has_no_side_effects() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import ray, serve.app, serve.api, serve.cli; assert not ray.is_initialized(); print('ok')"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_search_service_runs_without_fastapi(service: SearchService) -> None:
+    from serve.schemas import SearchRequest
+
+    response = asyncio.run(service.search(SearchRequest(query="green cross", top_k=2)))
+    assert len(response.results) == 2

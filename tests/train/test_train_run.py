@@ -1,0 +1,157 @@
+"""The Ray Train job end to end on a small synthetic set (2 CPUs, tiny CLIP).
+
+One module-wide synthetic set; one run that survives a killed worker, a restart of it that
+resumes, ``--do-inference`` of the exported model, and an elastic run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adaclip.checkpoint import load_checkpoint, read_checkpoint_config
+from adaclip.synth import generate_dataset
+from train.settings import CONFIGS_DIR, TrainSettings, parse_with_config
+
+pytestmark = pytest.mark.integration
+
+VAL_KEYS = {f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MdR", "MnR")}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 clips (12 train / 6 val / 2 test) plus a corrupt and a missing training video."""
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 20, seed=1, frames_per_video=16, size=64, splits=(0.6, 0.3, 0.1))
+    (root / "broken.mp4").write_bytes(b"this is not a video" * 100)
+    train = json.loads((root / "train.json").read_text())
+    train["broken"] = {"extension": "mp4", "sentences": ["a corrupt file"]}
+    train["ghost"] = {"extension": "mp4", "sentences": ["a missing file"]}
+    (root / "train.json").write_text(json.dumps(train))
+    return root
+
+
+def flags(root: Path, work: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(CONFIGS_DIR / "synthetic.json"),
+        "--videos-root",
+        str(root),
+        "--storage-path",
+        str(work / "storage"),
+        "--output",
+        str(work / name),
+        "--name",
+        name,
+        "--batch-size",
+        "4",
+        "--cpus-per-worker",
+        "0.4",
+        "--decode-cpus",
+        "0.2",
+        *extra,
+    ]
+
+
+def settings(*args: str) -> TrainSettings:
+    return parse_with_config(TrainSettings, list(args), "adaclip train")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster: Any, synth_root: Path, work: Path) -> Any:
+    """2 workers, 2 epochs; rank 0 is killed at the start of epoch 1 and the run recovers."""
+    from train.run import run_training
+
+    s = settings(
+        *flags(synth_root, work, "run", "--num-epochs", "2", "--num-workers", "2"),
+        "--inject-failure-at-epoch",
+        "1",
+        "--max-failures",
+        "2",
+    )
+    return run_training(s)
+
+
+def test_run_checkpoints_every_epoch_and_exports_best(first_run: Any, work: Path) -> None:
+    run_dir = Path(first_run.run_dir)
+    assert sorted(p.name for p in run_dir.glob("epoch_*")) == ["epoch_0000", "epoch_0001"]
+    for ckpt in run_dir.glob("epoch_*"):
+        assert (ckpt / "model.safetensors").is_file() and (ckpt / "train_state.pt").is_file()
+    assert [r["epoch"] for r in first_run.history] == [0, 1]
+    assert all(r["world_size"] == 2 and math.isfinite(r["loss"]) for r in first_run.history)
+    # the best epoch is the one with the highest validation R@1
+    best_r1 = max(r["val"]["t2v_R1"] for r in first_run.history)
+    assert first_run.best_val["t2v_R1"] == best_r1
+    model = load_checkpoint(first_run.best_checkpoint)
+    _, extra = read_checkpoint_config(first_run.best_checkpoint)
+    assert extra["epoch"] == first_run.best_epoch
+    assert model.config.num_candidates == 8 and model.config.top_k == 4
+    for record in first_run.history:
+        report = json.loads(
+            (work / "run" / "reports" / f"val_epoch{record['epoch']:04d}.json").read_text()
+        )
+        assert set(report["metrics"]) >= VAL_KEYS
+        assert report["metrics"]["num_videos"] == 6
+
+
+def test_killed_worker_is_survived(first_run: Any, work: Path) -> None:
+    assert (work / "run" / "injected_failure.marker").is_file()  # the kill happened
+    assert [r["epoch"] for r in first_run.history] == [0, 1]  # and epoch 0 was not redone
+
+
+def test_missing_and_corrupt_videos_are_left_out(first_run: Any, work: Path) -> None:
+    rows = [json.loads(line) for line in (work / "run" / "failures.jsonl").read_text().splitlines()]
+    reasons = {r["video_id"]: r["reason"] for r in rows}
+    assert reasons == {"ghost": "missing", "broken": "decode"}
+    assert first_run.history[0]["steps"] == (12 // 2) // 2  # 12 good videos, 2 workers x 2
+
+
+def test_restart_resumes_from_storage(first_run: Any, synth_root: Path, work: Path) -> None:
+    from adaclip.cli import main
+
+    args = flags(synth_root, work, "run", "--num-epochs", "3", "--num-workers", "2")
+    assert main(["train", *args]) == 0
+    summary = json.loads((work / "run" / "train_summary.json").read_text())
+    history = summary["history"]
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    for old, new in zip(first_run.history, history[:2], strict=True):
+        assert new["loss"] == pytest.approx(old["loss"])
+        assert new["val"]["t2v_R1"] == old["val"]["t2v_R1"]
+    assert (Path(first_run.run_dir) / "epoch_0002").is_dir()
+
+
+def test_do_inference_reproduces_validation_metrics(
+    first_run: Any, synth_root: Path, work: Path
+) -> None:
+    from train.inference import run_inference
+
+    s = settings(*flags(synth_root, work, "infer"))
+    best = json.loads((work / "run" / "train_summary.json").read_text())
+    report = run_inference(s, best["best_checkpoint"], "val")
+    for key in VAL_KEYS:
+        assert report["metrics"][key] == pytest.approx(best["best_val"][key]), key
+    assert Path(report["report"]).is_file()
+    test_report = run_inference(s, best["best_checkpoint"], s.test_split)
+    assert test_report["metrics"]["num_videos"] == 2
+
+
+def test_elastic_run_starts_with_the_workers_that_fit(
+    ray_cluster: Any, synth_root: Path, work: Path
+) -> None:
+    from train.run import run_training
+
+    s = settings(*flags(synth_root, work, "elastic", "--num-epochs", "1", "--num-workers", "1,4"))
+    assert s.workers == (1, 4)
+    result = run_training(s)
+    assert [r["epoch"] for r in result.history] == [0]
+    assert 1 <= result.history[0]["world_size"] <= 4
+    assert Path(result.best_checkpoint, "model.safetensors").is_file()
