@@ -4,16 +4,25 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint format bench clean
+.PHONY: install system-packages test lint format clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	$(MAKE) system-packages
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -e '.[dev]'
 	$(VENV)/bin/adaclip --help > /dev/null
 	touch $@
+
+# Debian packages the tests use: Chromium (the search page test) and ffmpeg (benchmarks).
+system-packages:
+	@if ! command -v chromium >/dev/null || ! command -v ffmpeg >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg >/dev/null; \
+	  else echo "note: install chromium and ffmpeg (apt) for the browser test and benchmarks"; fi; \
+	fi
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
