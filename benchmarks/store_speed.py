@@ -1,10 +1,10 @@
-"""Video store speed, embedded (qdrant-edge-py) vs qdrant-client local mode.
+"""Video store speed, embedded (qdrant-edge-py) vs qdrant-client local mode (in memory).
 
-Writes N random videos (a D-dim `video` vector and K frame vectors each, as the ingestion
-job does; `--data clustered` mimics the structure of real embeddings) in batches, then times top-10 queries before and after `optimize()`, the recall
-of the optimized (HNSW) search against exact cosine, and Q-Score re-ranking of 100
-candidates. Everything lives in a temp folder that is deleted afterwards; one table is
-printed.
+Writes N random videos in batches (a D-dim `video` vector and K frame vectors each, as the
+ingestion job does; `--data clustered` mimics the structure of real embeddings), then times
+top-10 queries before and after `optimize()`, the recall of the optimized search against
+exact cosine, and Q-Score re-ranking of 100 candidates. The embedded index lives in a temp
+folder that is deleted afterwards; one table is printed.
 
     python -m benchmarks.store_speed                       # 10k on both backends
     python -m benchmarks.store_speed --sizes 10000 100000 --backends edge
@@ -112,7 +112,7 @@ def recall_at_10(store: VideoStore, queries: np.ndarray, videos: np.ndarray) -> 
 
 def run(backend: str, n: int, args: argparse.Namespace, folder: str) -> dict[str, str]:
     store: VideoStore = (
-        EdgeVideoStore(folder) if backend == "edge" else ServerVideoStore(path=folder)
+        EdgeVideoStore(folder) if backend == "edge" else ServerVideoStore(location=":memory:")
     )
     store.ensure_collection("bench", args.dim, args.frames, "bench")
     data = Data(args.data, args.dim, seed=n)

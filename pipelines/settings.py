@@ -102,10 +102,12 @@ def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for model in models:
         for name, field in model.model_fields.items():
+            positional = any(getattr(m, "__name__", "") == "_CliPositionalArg" for m in field.metadata)
             rows.append(
                 {
                     "settings": model.__name__,
-                    "flag": "--" + name.replace("_", "-"),
+                    "flag": name.upper() if positional else "--" + name.replace("_", "-"),
+                    "positional": positional,
                     "env": "ADACLIP_" + name.upper(),
                     "default": None
                     if field.is_required()
