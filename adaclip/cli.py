@@ -19,6 +19,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "index": ("pipelines.index", "main", "bulk-index videos (s3://, folder, manifest) into Qdrant"),
     "synth": ("adaclip.commands", "synth_main", "generate a synthetic captioned video set"),
+    "prepare": ("adaclip.prepare", "prepare_main", "build split files from original annotations"),
+    "train": ("train.run", "main", "train AdaCLIP with Ray Train (DDP, elastic, fault tolerant)"),
+    "eval": ("train.inference", "main", "retrieval metrics of a checkpoint on a split"),
+    "serve": ("serve.cli", "serve_main", "run the HTTP search API (Ray Serve) over an index"),
+    "search": ("serve.cli", "search_main", "query a running search server (or the index, --local)"),
 }
 
 
