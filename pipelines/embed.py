@@ -29,6 +29,9 @@ class DecodeSpec:
 
     num_candidates: int
     frame_size: int
+    frames_dir: bool = False  # each URI is a folder of pre-extracted frames
+    frames_fps: float | None = None
+    threads: int = 1  # FFmpeg decoding threads per actor
 
 
 def failure_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
@@ -49,8 +52,15 @@ def decode_object(
     """Fetch one object and decode its candidates: frames (N,S,S,3), timestamps (N,), duration."""
     from adaclip.decode import decode_candidates
 
+    if spec.frames_dir:
+        from adaclip.frames_dir import decode_candidates_from_frames
+
+        video = decode_candidates_from_frames(
+            uri, spec.num_candidates, spec.frame_size, fps=spec.frames_fps
+        )
+        return video.frames, video.timestamps.astype(np.float64), float(video.duration)
     with fetcher.fetch(uri) as fh:
-        video = decode_candidates(fh, spec.num_candidates, spec.frame_size)
+        video = decode_candidates(fh, spec.num_candidates, spec.frame_size, threads=spec.threads)
     return video.frames, video.timestamps.astype(np.float64), float(video.duration)
 
 

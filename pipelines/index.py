@@ -26,7 +26,13 @@ import numpy as np
 
 from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
 from pipelines.settings import DEFAULT_QDRANT_PATH, IndexSettings, parse_settings
-from pipelines.sources import ObjectFetcher, VideoObject, download_folder, list_videos
+from pipelines.sources import (
+    ObjectFetcher,
+    VideoObject,
+    download_folder,
+    list_frame_folders,
+    list_videos,
+)
 from pipelines.store import VideoRecord, open_store
 
 log = logging.getLogger("adaclip.index")
@@ -41,6 +47,7 @@ class ResolvedModel:
     num_candidates: int
     top_k: int
     embed_dim: int
+    gflops: dict[str, Any]
 
 
 @dataclass
@@ -55,6 +62,8 @@ class IndexSummary:
     indexed: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    gflops_per_video: float = 0.0  # policy on N + CLIP on K + aggregation, as counted
+    gflops_per_video_no_policy: float = 0.0  # the paper's baseline: CLIP on all N frames
     elapsed_s: float = 0.0
     videos_per_s: float = 0.0
 
@@ -77,13 +86,23 @@ def resolve_model(settings: IndexSettings) -> ResolvedModel:
         )
     config, _ = read_checkpoint_config(local)
     assert config.clip.model_cfg is not None
+    num_candidates = settings.num_candidates or config.num_candidates
     return ResolvedModel(
         uri=uri,
         model_id=model_id_of(local),
-        num_candidates=settings.num_candidates or config.num_candidates,
+        num_candidates=num_candidates,
         top_k=config.top_k,
         embed_dim=int(config.clip.model_cfg["embed_dim"]),
+        gflops=count_gflops(local, settings.frame_size),
     )
+
+
+def count_gflops(checkpoint_dir: str, frame_size: int) -> dict[str, Any]:
+    """GFLOPs one video costs with this checkpoint, counted on the real model."""
+    from adaclip.checkpoint import load_checkpoint
+    from adaclip.flops import video_gflops
+
+    return video_gflops(load_checkpoint(checkpoint_dir), frame_size)
 
 
 def write_zero_shot_checkpoint(settings: IndexSettings) -> Path:
@@ -146,7 +165,13 @@ def build_dataset(
         max_retries=settings.max_retries,
         spool_threshold_bytes=settings.spool_threshold_mb << 20,
     )
-    spec = DecodeSpec(model.num_candidates, settings.frame_size)
+    spec = DecodeSpec(
+        model.num_candidates,
+        settings.frame_size,
+        settings.frames_dir,
+        settings.frames_fps,
+        settings.decode_threads,
+    )
     rows = [asdict(obj) for obj in todo]
     ds: Any = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 256)))
     ds = ds.map_batches(
@@ -170,6 +195,15 @@ def build_dataset(
     )
 
 
+def list_source(settings: IndexSettings) -> list[VideoObject]:
+    """The videos SOURCE holds: objects, files, manifest entries or frame folders."""
+    if settings.frames_dir:
+        return list(list_frame_folders(settings.source, limit=settings.limit))
+    return list(
+        list_videos(settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit)
+    )
+
+
 def run_index(settings: IndexSettings) -> IndexSummary:
     """Run the whole job; write ``summary.json`` and ``failures.jsonl`` under ``output``."""
     import ray
@@ -179,7 +213,13 @@ def run_index(settings: IndexSettings) -> IndexSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = resolve_model(settings)
     collection = settings.collection or default_collection(model.model_id)
-    summary = IndexSummary(source=settings.source, collection=collection, model_id=model.model_id)
+    summary = IndexSummary(
+        source=settings.source,
+        collection=collection,
+        model_id=model.model_id,
+        gflops_per_video=round(float(model.gflops["total"]), 3),
+        gflops_per_video_no_policy=round(float(model.gflops["no_policy_clip_n"]), 3),
+    )
     store = open_store(
         qdrant_path=settings.qdrant_path or DEFAULT_QDRANT_PATH,
         qdrant_url=settings.qdrant_url,
@@ -188,11 +228,7 @@ def run_index(settings: IndexSettings) -> IndexSummary:
     failures: list[dict[str, str]] = []
     try:
         store.ensure_collection(collection, model.embed_dim, model.top_k, model.model_id)
-        listed = list(
-            list_videos(
-                settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit
-            )
-        )
+        listed = list_source(settings)
         todo = plan(listed, store.indexed_etags())
         summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
         log.info(

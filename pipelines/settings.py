@@ -76,6 +76,7 @@ class IndexSettings(StoreSettings):
     decode_actors: int = Field(2, description="max decode actors (pool grows from 1)")
     decode_cpus: float = Field(0.5, description="CPUs per decode actor")
     decode_batch_size: int = Field(4, description="videos per decode batch")
+    decode_threads: int = Field(1, description="FFmpeg threads per decode actor (0: FFmpeg picks)")
     model_actors: int = Field(
         1, description="model actors (one GPU each when the cluster has GPUs)"
     )
@@ -94,7 +95,14 @@ class IndexSettings(StoreSettings):
     spool_threshold_mb: int = Field(64, description="objects larger than this are spooled to disk")
     max_retries: int = Field(5, description="retries of transient storage errors")
     limit: int | None = Field(None, description="index at most this many listed videos")
-    frames_dir: str | None = Field(None, description="pre-extracted frames folder (paper layout)")
+    frames_dir: bool = Field(
+        False,
+        description="SOURCE is a local folder of pre-extracted frames in the paper's layout "
+        "(SOURCE/<video_id>/image_00001.jpg ...); candidates are sampled from them",
+    )
+    frames_fps: float | None = Field(
+        None, description="frame rate the frames were extracted at (for timestamps)"
+    )
 
 
 def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, Any]]:
@@ -102,7 +110,9 @@ def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for model in models:
         for name, field in model.model_fields.items():
-            positional = any(getattr(m, "__name__", "") == "_CliPositionalArg" for m in field.metadata)
+            positional = any(
+                getattr(m, "__name__", "") == "_CliPositionalArg" for m in field.metadata
+            )
             rows.append(
                 {
                     "settings": model.__name__,

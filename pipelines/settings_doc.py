@@ -50,10 +50,7 @@ def render() -> str:
         parts.append("| --- | --- | --- | --- |")
         for row in settings_reference([_load(path)]):
             flag = row["flag"]
-            if row["required"]:
-                default = "**required**"
-            else:
-                default = _fmt_default(row["default"])
+            default = "**required**" if row["required"] else _fmt_default(row["default"])
             desc = row["description"].replace("|", "\\|")
             parts.append(f"| `{flag}` | `{row['env']}` | {default} | {desc} |")
     parts.append("\n" + END)

@@ -271,6 +271,32 @@ def _safe_join(root: Path, rel: str) -> Path:
     return root.joinpath(*parts)
 
 
+def list_frame_folders(root: str | Path, *, limit: int | None = None) -> Iterator[VideoObject]:
+    """Videos stored as frame folders (``root/<video_id>/image_00001.jpg ...``), sorted.
+
+    The etag is derived from the frame count and the newest frame's mtime, so adding or
+    re-extracting frames makes the video index again.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise SourceError(f"frames folder {root} does not exist or is not a folder")
+    count = 0
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        if limit is not None and count >= limit:
+            return
+        frames = [f.stat() for f in folder.iterdir() if f.is_file()]
+        if not frames:
+            continue
+        newest = max(st.st_mtime_ns for st in frames)
+        yield VideoObject(
+            uri=str(folder.resolve()),
+            size_bytes=sum(st.st_size for st in frames),
+            etag=f"frames-{len(frames):x}-{newest:x}",
+            video_id=folder.name,
+        )
+        count += 1
+
+
 def download_folder(uri: str, dest: str | Path, *, s3_endpoint_url: str | None = None) -> Path:
     """Copy the objects under an ``s3://`` prefix into ``dest`` (e.g. a checkpoint folder).
 

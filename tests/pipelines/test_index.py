@@ -184,3 +184,36 @@ def test_cli_entry_point_reads_env_and_flags(
     assert summary["collection"] == "from_flag" and summary["listed"] == 2
     assert (summary["indexed"], summary["failed"]) == (1, 1)  # broken.mp4 sorts first
     assert np.isfinite(summary["videos_per_s"])
+
+
+def test_index_frames_folders_match_video_path(
+    ray_cluster: Any, videos: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    import av
+    from PIL import Image
+
+    frames_root = tmp_path / "frames"
+    for name in ("video00000", "video00001"):
+        out = frames_root / name
+        out.mkdir(parents=True)
+        with av.open(str(videos / f"{name}.mp4")) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(
+                    out / f"image_{i + 1:05d}.jpg", quality=95
+                )
+    summary = run_index(_settings(frames_root, tmp_path, checkpoint, frames_dir=True, frames_fps=8))
+    assert (summary.listed, summary.indexed, summary.failed) == (2, 2, 0)
+    assert summary.gflops_per_video > 0 and summary.gflops_per_video_no_policy > 0
+    store = open_store(qdrant_path=str(tmp_path / "qdrant"))
+    store.open_collection("videos")
+    try:
+        model = load_checkpoint(checkpoint)
+        decoded = decode_candidates(videos / "video00001.mp4", model.config.num_candidates, 64)
+        enc = model.encode_video(torch.from_numpy(decoded.frames).unsqueeze(0))
+        hit = store.search(enc.video[0].numpy(), top_k=1)[0]
+        assert hit.video_id == "video00001"
+        assert hit.score > 0.99  # JPEG round trip: nearly the same embedding
+        kept = enc.indices[0].numpy()
+        assert hit.frame_ts == pytest.approx(decoded.timestamps[kept].tolist(), abs=1e-3)
+    finally:
+        store.close()
