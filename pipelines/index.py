@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
-from pipelines.settings import DEFAULT_QDRANT_PATH, IndexSettings, parse_settings
+from pipelines.settings import (
+    DEFAULT_QDRANT_PATH,
+    IndexSettings,
+    default_collection,
+    parse_settings,
+)
 from pipelines.sources import (
     ObjectFetcher,
     VideoObject,
@@ -120,10 +125,6 @@ def write_zero_shot_checkpoint(settings: IndexSettings) -> Path:
     config = build_init_config(settings.arch, clip_weights=settings.clip_weights, zero_shot=True)
     save_checkpoint(AdaCLIP(config), out, kind="zero-shot")
     return out
-
-
-def default_collection(model_id: str) -> str:
-    return f"adaclip_{model_id}"
 
 
 def plan(listed: Sequence[VideoObject], indexed: dict[str, str]) -> list[VideoObject]:

@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, CliApp, CliPositionalArg, SettingsCo
 DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
 
 
+def default_collection(model_id: str) -> str:
+    """The collection a model's vectors go to when ``--collection`` is not given."""
+    return f"adaclip_{model_id}"
+
+
 class JobSettings(BaseSettings):
     """Base of every entry point's settings."""
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import IndexedVideos
 from fastapi.testclient import TestClient
+from serve_fixtures import IndexedVideos
 
 from pipelines.store import open_store
 from serve.api import ApiOptions, create_api
@@ -27,6 +27,8 @@ from serve.media import MediaResolver, resolve_media_path
 from serve.search import SearchService
 from serve.settings import ServeSettings
 
+# qdrant-client warns from a thread when its version probe of the down server fails.
+pytestmark = pytest.mark.filterwarnings("ignore:Failed to obtain server version")
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key-123"
 
@@ -408,7 +410,7 @@ def test_search_cli_local(
 
     shutil.copytree(indexed_videos.qdrant_path, tmp_path / "q")
     args = ["search", "a red circle", "--local", "--checkpoint", str(indexed_videos.checkpoint)]
-    args += ["--qdrant-path", str(tmp_path / "q"), "--top-k", "3", "--rerank"]
+    args += ["--qdrant-path", str(tmp_path / "q"), "--top-k", "3", "--rerank", "on"]
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("3 results")
@@ -447,3 +449,20 @@ def test_search_service_runs_without_fastapi(service: SearchService) -> None:
 
     response = asyncio.run(service.search(SearchRequest(query="green cross", top_k=2)))
     assert len(response.results) == 2
+
+
+def test_route_prefix_keeps_guards_and_urls(service: SearchService) -> None:
+    """Behind a route prefix (Serve's root_path, path still full) nothing changes."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    inner = create_api(service, ApiOptions(api_key=KEY))
+    c = TestClient(Starlette(routes=[Mount("/adaclip", app=inner)]))
+    body = {"query": "a red circle", "top_k": 2}
+    assert c.post("/adaclip/search", json=body).status_code == 401
+    assert c.get("/adaclip/media/synth/video00001.mp4").status_code == 401
+    r = c.post("/adaclip/search", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["media_url"].startswith("/adaclip/media/synth/")
+    assert 'const BASE = "/adaclip";' in c.get("/adaclip/").text
+    assert c.get("/adaclip/healthz").status_code == 200

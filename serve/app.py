@@ -1,0 +1,200 @@
+"""The Ray Serve application: a batched, autoscaled text encoder behind a FastAPI ingress.
+
+    serve run serve.app:build_app checkpoint=./ckpt qdrant_path=./.adaclip/qdrant
+    serve deploy serve/config.yaml
+    adaclip serve --checkpoint ./ckpt --qdrant-path ./.adaclip/qdrant
+
+Importing this module builds nothing and touches no cluster: `build_app` (the typed
+builder Serve calls with the `key=value` arguments or the config's `args`) validates them
+into `ServeSettings` and binds the two deployments.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Deployment
+from ray.serve.handle import DeploymentHandle
+
+from pipelines.settings import default_collection
+from serve.encoder import ModelInfo, TextEncoder
+from serve.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngressConfig:
+    """What the ingress replicas need, passed as a constructor argument (plain data)."""
+
+    collection: str | None = None
+    qdrant_path: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = field(default=None, repr=False)
+    s3_endpoint_url: str | None = None
+    media_root: str | None = None
+    presign_expires_s: int = 3600
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: list[str] = field(default_factory=list)
+    max_body_bytes: int = 65536
+    rerank_candidates: int = 100
+
+    @classmethod
+    def from_settings(cls, s: ServeSettings) -> IngressConfig:
+        return cls(
+            collection=s.collection,
+            qdrant_path=_absolute(s.qdrant_path),
+            qdrant_url=s.qdrant_url,
+            qdrant_api_key=s.qdrant_api_key,
+            s3_endpoint_url=s.s3_endpoint_url,
+            media_root=_absolute(s.media_root),
+            presign_expires_s=s.presign_expires_s,
+            api_key=s.api_key,
+            cors_origins=list(s.cors_origins),
+            max_body_bytes=s.max_body_bytes,
+            rerank_candidates=s.rerank_candidates,
+        )
+
+
+@serve.deployment(name="SearchIngress", max_ongoing_requests=64)
+@serve.ingress()
+class SearchIngress:
+    """HTTP ingress: the FastAPI app of `serve.api`, built once the model is known.
+
+    Args:
+        encoder: handle to the `TextEncoder` deployment.
+        config: store, media and HTTP settings.
+    """
+
+    async def __init__(self, encoder: DeploymentHandle, config: IngressConfig) -> None:  # type: ignore[misc]
+        from pipelines.store import open_store
+        from serve.api import ApiOptions
+        from serve.media import MediaResolver
+        from serve.metrics import RequestMetrics
+        from serve.search import SearchService
+
+        self.encoder = encoder
+        info = ModelInfo(**await encoder.info.remote())
+        collection = config.collection or default_collection(info.model_id)
+
+        def open_configured_store() -> Any:
+            return open_store(
+                qdrant_path=config.qdrant_path,
+                qdrant_url=config.qdrant_url,
+                api_key=config.qdrant_api_key,
+            )
+
+        self.service = SearchService(
+            embed=self._embed,
+            info=info,
+            open_store=open_configured_store,
+            collection=collection,
+            media=MediaResolver(
+                config.media_root, config.s3_endpoint_url, config.presign_expires_s
+            ),
+            rerank_candidates=config.rerank_candidates,
+        )
+        self.api_options = ApiOptions(
+            api_key=config.api_key,
+            cors_origins=config.cors_origins,
+            max_body_bytes=config.max_body_bytes,
+            metrics=RequestMetrics.create(),
+        )
+        logger.info("search ingress ready: model %s, collection %s", info.model_id, collection)
+
+    async def _embed(self, text: str) -> Any:
+        return await self.encoder.embed.remote(text)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        from serve.api import create_api
+
+        return create_api(self.service, self.api_options)
+
+    def __del__(self) -> None:
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.close()
+
+
+def _absolute(path: str | None) -> str | None:
+    """Replicas may not share the caller's working directory: pass absolute local paths."""
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def _cluster_has_gpu() -> bool:
+    import ray
+
+    return bool(ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def encoder_options(s: ServeSettings) -> dict[str, Any]:
+    """Replica resources, autoscaling and batching of the text encoder deployment."""
+    use_gpu = s.use_gpu if s.use_gpu is not None else _cluster_has_gpu()
+    return {
+        "autoscaling_config": {
+            "min_replicas": s.min_replicas,
+            "initial_replicas": max(s.min_replicas, 1),
+            "max_replicas": max(s.max_replicas, s.min_replicas, 1),
+            "target_ongoing_requests": s.target_ongoing_requests,
+        },
+        "ray_actor_options": {"num_cpus": s.encoder_cpus, "num_gpus": 1 if use_gpu else 0},
+        "max_ongoing_requests": max(s.max_ongoing_requests, 2 * s.max_batch_size),
+    }
+
+
+def ingress_options(s: ServeSettings) -> dict[str, Any]:
+    """One ingress replica with an embedded store (it has a single owner), else autoscaled."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.ingress_cpus},
+        "max_ongoing_requests": s.max_ongoing_requests,
+    }
+    if s.qdrant_url and s.ingress_max_replicas > 1:
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": s.ingress_max_replicas,
+            "target_ongoing_requests": max(s.target_ongoing_requests, 8.0),
+        }
+    else:
+        options["num_replicas"] = 1
+    return options
+
+
+def app_from_settings(s: ServeSettings) -> serve.Application:
+    """Bind the encoder and the ingress for `s` (nothing is deployed yet)."""
+    encoder = (
+        cast(Deployment, TextEncoder)
+        .options(**encoder_options(s))
+        .bind(
+            _absolute(s.checkpoint),
+            cache_size=s.cache_size,
+            max_batch_size=s.max_batch_size,
+            batch_wait_timeout_s=s.batch_wait_timeout_s,
+            s3_endpoint_url=s.s3_endpoint_url,
+        )
+    )
+    return (
+        cast(Deployment, SearchIngress)
+        .options(**ingress_options(s))
+        .bind(encoder, IngressConfig.from_settings(s))
+    )
+
+
+def build_app(args: dict[str, Any] | ServeSettings) -> serve.Application:
+    """Typed application builder for `serve run serve.app:build_app key=value ...`.
+
+    Args:
+        args: `ServeSettings` fields (`checkpoint` is required); `ADACLIP_*` environment
+            variables fill the ones not given.
+
+    Returns:
+        The bound application.
+    """
+    settings = args if isinstance(args, ServeSettings) else ServeSettings(**args)
+    return app_from_settings(settings)

@@ -1,0 +1,152 @@
+"""`adaclip serve` (start the search server locally) and `adaclip search` (query it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.settings import default_collection, parse_settings
+from serve.settings import SearchSettings, ServeSettings
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`adaclip serve --checkpoint DIR [--collection NAME] [--qdrant-path DIR | --qdrant-url URL]
+    [--host H] [--port P]`: run the search server until interrupted."""
+    settings = parse_settings(ServeSettings, argv, "adaclip serve")
+    import ray
+    from ray import serve
+
+    from serve.app import app_from_settings
+
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(
+        app_from_settings(settings),
+        name=settings.app_name,
+        route_prefix=settings.route_prefix,
+        blocking=False,
+    )
+    prefix = settings.route_prefix.rstrip("/")
+    url = f"http://{settings.host}:{settings.port}{prefix}"
+    print(f"AdaCLIP search on {url}/  (API docs {url}/docs); Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        serve.delete(settings.app_name)
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def search_main(argv: Sequence[str] | None = None) -> int:
+    """`adaclip search TEXT [--url URL | --local --checkpoint DIR ...]`: print the hits."""
+    settings = parse_settings(SearchSettings, argv, "adaclip search")
+    body: dict[str, Any] = {"query": settings.query, "top_k": settings.top_k}
+    if settings.uri_prefix:
+        body["filter"] = {"uri_prefix": settings.uri_prefix}
+    if settings.rerank != "auto":
+        body["rerank"] = settings.rerank == "on"
+    try:
+        data = search_local(settings, body) if settings.local else search_http(settings, body)
+    except SearchFailed as err:
+        print(f"adaclip search: {err}", file=sys.stderr)
+        return 1
+    if settings.json_output:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_results(data))
+    return 0
+
+
+class SearchFailed(RuntimeError):
+    """The search could not be answered (message for the user)."""
+
+
+def search_http(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body` to `<url>/search` and return the decoded response."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if settings.api_key:
+        headers["X-API-Key"] = settings.api_key
+    request = urllib.request.Request(
+        settings.url.rstrip("/") + "/search",
+        data=json.dumps(body).encode(),
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read()).get("error", err.reason)
+        except (ValueError, AttributeError):
+            message = err.reason
+        raise SearchFailed(f"server answered {err.code}: {message}") from err
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise SearchFailed(f"cannot reach {settings.url}: {err}") from err
+
+
+def search_local(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any]:
+    """Answer `body` in process: encode with the checkpoint, query the store directly."""
+    if not settings.checkpoint:
+        raise SearchFailed("--local needs --checkpoint")
+    import numpy as np
+
+    from pipelines.store import open_store
+    from serve.encoder import QueryEncoder
+    from serve.media import MediaResolver
+    from serve.schemas import SearchRequest
+    from serve.search import SearchService, UnavailableError
+
+    encoder = QueryEncoder(settings.checkpoint, s3_endpoint_url=settings.s3_endpoint_url)
+
+    async def embed(text: str) -> Any:
+        return np.asarray(encoder.encode([text])[0])
+
+    service = SearchService(
+        embed=embed,
+        info=encoder.info,
+        open_store=lambda: open_store(
+            qdrant_path=settings.qdrant_path,
+            qdrant_url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key,
+        ),
+        collection=settings.collection or default_collection(encoder.info.model_id),
+        media=MediaResolver(None, settings.s3_endpoint_url),
+    )
+    try:
+        response = asyncio.run(service.search(SearchRequest.model_validate(body)))
+    except UnavailableError as err:
+        raise SearchFailed(str(err)) from err
+    finally:
+        service.close()
+    return response.model_dump()
+
+
+def format_results(data: dict[str, Any]) -> str:
+    """One line per hit: rank, score, video id, moment, URI."""
+    lines = []
+    for rank, hit in enumerate(data.get("results", []), start=1):
+        moment = hit.get("best_moment_s")
+        at = f"@{moment:7.2f}s" if moment is not None else " " * 9
+        lines.append(f"{rank:3d}  {hit['score']:.4f}  {hit['video_id']:<20} {at}  {hit['uri']}")
+    lines.append(
+        f"{len(data.get('results', []))} results in {data.get('took_ms', 0.0):.1f} ms "
+        f"(model {data.get('model_id')})"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Request and response bodies of the search API (they are also its OpenAPI schema).
+
+Requests are strict: unknown fields, a query that is not a string, a `top_k` that is not
+an integer (`"5"`, `5.0`, `true`) are refused with a 4xx, never coerced.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_QUERY_CHARS = 1000
+MAX_TOP_K = 100
+MAX_PREFIX_CHARS = 2048
+
+
+class SearchFilter(BaseModel):
+    """Restrictions on which videos may match."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    uri_prefix: str | None = Field(
+        None, max_length=MAX_PREFIX_CHARS, description="only videos whose URI starts with this"
+    )
+
+
+class SearchRequest(BaseModel):
+    """`POST /search`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"query": "a red circle moving left", "top_k": 5}]},
+    )
+
+    query: str = Field(
+        min_length=1, max_length=MAX_QUERY_CHARS, description="text describing the video"
+    )
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="number of results")
+    filter: SearchFilter | None = Field(None, description="restrict the candidate videos")
+    rerank: bool | None = Field(
+        None,
+        description="re-rank the best candidates by Q-Score and find the matching moment "
+        "(default: on when the model aggregates frames with Q-Score)",
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain non-whitespace text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError("query must be valid Unicode text (no lone surrogates)") from err
+        return value
+
+
+class SearchResult(BaseModel):
+    """One matching video."""
+
+    video_id: str
+    uri: str
+    score: float = Field(description="cosine similarity, or the Q-Score when re-ranked")
+    frame_ts: list[float] = Field(description="times (s) of the video's indexed frames")
+    best_moment_s: float | None = Field(
+        None, description="time (s) of the frame closest to the query (re-ranked searches)"
+    )
+    duration_s: float | None = None
+    media_url: str | None = Field(
+        None, description="where a browser can play the video (null: not reachable)"
+    )
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    took_ms: float
+    model_id: str
+
+
+class VideoInfo(BaseModel):
+    """`GET /videos/{video_id}`: a video's stored record."""
+
+    video_id: str
+    uri: str
+    etag: str | None = None
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    frame_ts: list[float]
+    frame_weights: list[float] = Field(default_factory=list)
+    model_id: str | None = None
+    indexed_at: str | None = None
+    media_url: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx body."""
+
+    error: str = Field(description="what went wrong, for a person")
+    detail: list[dict[str, object]] | None = Field(
+        None, description="field errors of a refused request"
+    )

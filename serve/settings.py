@@ -1,0 +1,107 @@
+"""Settings of the search server (`adaclip serve`, `serve run serve.app:build_app ...`) and
+of the search client (`adaclip search`). Flags override `ADACLIP_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import CliPositionalArg, NoDecode
+
+from pipelines.settings import JobSettings, StoreSettings
+
+
+def _split_csv(value: object) -> object:
+    """Accept `a,b` (command line, env, `serve run k=v`) as well as a list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class ServeSettings(StoreSettings):
+    """`adaclip serve`: the HTTP search API (Ray Serve) over a Qdrant index."""
+
+    checkpoint: str = Field(description="checkpoint folder whose text tower encodes queries")
+    host: str = Field("127.0.0.1", description="HTTP host of the Serve proxy")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy")
+    app_name: str = Field("adaclip", description="Serve application name")
+    route_prefix: str = Field("/", description="URL prefix of the application")
+    ray_address: str | None = Field(None, description="Ray cluster address (default: local/auto)")
+    api_key: str | None = Field(
+        None, description="require this key in the X-API-Key header (none: open API)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS, comma separated ('*': any)"
+    )
+    media_root: str | None = Field(
+        None, description="local folder whose videos /media serves (none: no local media)"
+    )
+    presign_expires_s: int = Field(3600, ge=1, description="lifetime of presigned s3 media URLs")
+    min_replicas: int = Field(1, ge=0, description="text encoder: fewest replicas")
+    max_replicas: int = Field(2, ge=1, description="text encoder: most replicas")
+    target_ongoing_requests: float = Field(
+        4.0, gt=0, description="text encoder: ongoing requests per replica autoscaling aims at"
+    )
+    encoder_cpus: float = Field(0.5, gt=0, description="CPUs per text encoder replica")
+    ingress_cpus: float = Field(0.25, gt=0, description="CPUs per HTTP ingress replica")
+    ingress_max_replicas: int = Field(
+        2, ge=1, description="most ingress replicas (1 with an embedded store: it has one owner)"
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="requests a replica accepts at once (more wait in the proxy)"
+    )
+    use_gpu: bool | None = Field(
+        None, description="give each encoder replica a GPU (default: when the cluster has one)"
+    )
+    max_batch_size: int = Field(16, ge=1, description="queries per text encoder batch (1: off)")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="how long a batch waits to fill up, seconds"
+    )
+    cache_size: int = Field(
+        1024, ge=0, description="query embeddings kept per encoder replica (LRU; 0: off)"
+    )
+    rerank_candidates: int = Field(
+        100, ge=1, le=1000, description="candidates re-ranked by Q-Score when rerank is on"
+    )
+    max_body_bytes: int = Field(65536, ge=1024, description="largest accepted request body")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("route_prefix must start with '/'")
+        return value
+
+
+class SearchSettings(JobSettings):
+    """`adaclip search TEXT`: query a running server, or the index directly with --local."""
+
+    query: CliPositionalArg[str] = Field(description="text to search for")
+    url: str = Field("http://127.0.0.1:8000", description="base URL of the running server")
+    api_key: str | None = Field(None, description="the server's API key (X-API-Key)")
+    top_k: int = Field(10, ge=1, le=100, description="number of results")
+    uri_prefix: str | None = Field(None, description="only videos whose URI starts with this")
+    rerank: Literal["auto", "on", "off"] = Field(
+        "auto", description="re-rank by Q-Score and find moments (auto: the server's default)"
+    )
+    json_output: bool = Field(False, description="print the raw JSON response")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP timeout, seconds")
+    local: bool = Field(False, description="search the index in process instead of a server")
+    checkpoint: str | None = Field(None, description="checkpoint folder (with --local)")
+    collection: str | None = Field(
+        None, description="Qdrant collection (with --local; default: from the checkpoint)"
+    )
+    qdrant_path: str | None = Field(None, description="embedded Qdrant folder (with --local)")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (with --local)")
+    qdrant_api_key: str | None = Field(None, description="Qdrant server API key (with --local)")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (with --local)")

@@ -1,0 +1,347 @@
+"""The search server for real: `serve.run(build_app(...))` on 127.0.0.1, plain HTTP clients,
+Prometheus metrics from Ray's endpoint and a headless Chromium on the search page.
+
+One application for the module (the encoder loads once); the API-key test redeploys it
+with a key last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serve_fixtures import IndexedVideos
+
+pytestmark = pytest.mark.integration
+
+APP = "adaclip_test"
+KEY = "s3cret-key"
+QUERIES = [
+    "a red circle moving left",
+    "the blue square slides upwards across the screen",
+    "green cross going down",
+    "a video of a white triangle travelling to the right",
+]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    args: dict[str, Any]
+    expected: dict[tuple[str, bool], list[dict[str, Any]]]  # direct store search results
+    records: dict[str, dict[str, Any]]  # video_id -> stored payload
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def direct_results(indexed: IndexedVideos, qdrant_path: Path) -> tuple[dict, dict]:
+    """What the store answers in process for QUERIES, before the server owns the index."""
+    from pipelines.store import open_store
+    from serve.encoder import QueryEncoder
+
+    encoder = QueryEncoder(str(indexed.checkpoint))
+    store = open_store(qdrant_path=str(qdrant_path))
+    store.open_collection(indexed.collection)
+    expected: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    try:
+        for query in QUERIES:
+            vector = encoder.encode([query])[0]
+            for rerank in (False, True):
+                hits = store.search(
+                    vector,
+                    top_k=5,
+                    rerank=rerank,
+                    rerank_candidates=100,
+                    agg_temperature=encoder.info.agg_temperature,
+                )
+                expected[query, rerank] = [
+                    {
+                        "video_id": h.video_id,
+                        "uri": h.uri,
+                        "score": h.score,
+                        "frame_ts": h.frame_ts,
+                        "best_moment_s": h.best_moment_s,
+                    }  # fmt: skip
+                    for h in hits
+                ]
+        records = {vid: store.get(vid).payload for vid in indexed.videos}  # type: ignore[union-attr]
+    finally:
+        store.close()
+    return expected, records
+
+
+def wait_ready(url: str, headers: dict[str, str] | None = None, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/readyz", headers=headers, timeout=10)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(0.5)
+    raise AssertionError(f"server not ready after {timeout_s}s: {last}")
+
+
+@pytest.fixture(scope="module")
+def server(
+    ray_cluster: Any, indexed_videos: IndexedVideos, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    from ray import serve
+
+    from serve.app import build_app
+
+    qdrant = tmp_path_factory.mktemp("http_store") / "qdrant"
+    shutil.copytree(indexed_videos.qdrant_path, qdrant)
+    expected, records = direct_results(indexed_videos, qdrant)
+    port = free_port()
+    args = {
+        "checkpoint": str(indexed_videos.checkpoint),
+        "qdrant_path": str(qdrant),
+        "media_root": str(indexed_videos.media_root),
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "encoder_cpus": 0.25,
+        "ingress_cpus": 0.25,
+        "max_batch_size": 8,
+    }
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        yield Server(url, port, args, expected, records)
+    finally:
+        serve.shutdown()
+
+
+def search(url: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{url}/search", json=body, timeout=30, **kwargs)
+
+
+def test_http_results_equal_direct_store_search(server: Server) -> None:
+    for (query, rerank), want in server.expected.items():
+        r = search(server.url, {"query": query, "top_k": 5, "rerank": rerank})
+        assert r.status_code == 200, r.text
+        got = r.json()["results"]
+        assert [h["video_id"] for h in got] == [h["video_id"] for h in want], query
+        for g, w in zip(got, want, strict=True):
+            assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+            assert (g["uri"], g["frame_ts"], g["best_moment_s"]) == (
+                w["uri"],
+                w["frame_ts"],
+                w["best_moment_s"],
+            )
+            assert g["media_url"].startswith("/media/synth/video")
+
+
+def test_video_lookup_and_media(server: Server, indexed_videos: IndexedVideos) -> None:
+    for video_id, payload in server.records.items():
+        r = httpx.get(f"{server.url}/videos/{video_id}", timeout=10)
+        assert r.status_code == 200
+        info = r.json()
+        for key in ("uri", "video_id", "etag", "size_bytes", "duration_s", "frame_ts",
+                    "frame_weights", "model_id", "indexed_at"):  # fmt: skip
+            assert info[key] == payload[key], key
+    info = httpx.get(f"{server.url}/videos/video00002", timeout=10).json()
+    media = httpx.get(server.url + info["media_url"], timeout=10)
+    assert media.status_code == 200 and media.headers["content-type"] == "video/mp4"
+    assert media.content == indexed_videos.videos["video00002"].read_bytes()
+    part = httpx.get(server.url + info["media_url"], headers={"Range": "bytes=4-11"}, timeout=10)
+    assert part.status_code == 206 and part.content == media.content[4:12]
+    assert httpx.get(f"{server.url}/videos/nope", timeout=10).status_code == 404
+
+
+BAD_BODIES = [
+    ("{not json", 400),
+    ("", 422),
+    ('{"query": ""}', 422),
+    ('{"query": "' + "y" * 1001 + '"}', 422),
+    ('{"query": 42}', 422),
+    ('{"query": "a", "top_k": 0}', 422),
+    ('{"query": "a", "top_k": 1000}', 422),
+    ('{"query": "a", "top_k": "3"}', 422),
+    ('{"query": "a", "extra": true}', 422),
+    ('{"query": "a", "filter": {"prefix": "/"}}', 422),
+]
+
+
+def test_bad_requests_over_http(server: Server) -> None:
+    for body, status in BAD_BODIES:
+        r = httpx.post(
+            f"{server.url}/search",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == status, (body[:40], r.status_code, r.text)
+        assert r.json()["error"]
+    big = httpx.post(f"{server.url}/search", content=b"{" + b" " * 70000 + b"}", timeout=10)
+    assert big.status_code == 413
+    assert httpx.get(f"{server.url}/search", timeout=10).status_code == 405
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/media/../../../../etc/passwd",
+        "/media/synth/../../secret.mp4",
+        "/media/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/media/synth/%2e%2e%2f%2e%2e%2fsecret.mp4",
+        "/media//etc/passwd",
+        "/media/%2fetc%2fpasswd",
+        "/media/synth/escape.mp4",
+        "/media/synth/video00001.mp4%00",
+        "/media/synth/..\\..\\secret.mp4",
+    ],
+)
+def test_media_path_traversal(server: Server, path: str) -> None:
+    """Raw request lines (no client-side normalisation of '..')."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status in (400, 403, 404), (path, response.status)
+    assert b"root:" not in body
+
+
+def test_bounded_load_has_no_errors(server: Server) -> None:
+    """300 requests at concurrency 8: unique and repeated (cached) queries, both modes."""
+    total, concurrency = 300, 8
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    async def worker(client: httpx.AsyncClient, ids: range) -> None:
+        for i in ids:
+            query = QUERIES[i % len(QUERIES)] if i % 3 else f"load query number {i}"
+            body = {"query": query, "top_k": 5, "rerank": bool(i % 2)}
+            start = time.perf_counter()
+            r = await client.post("/search", json=body)
+            latencies.append(time.perf_counter() - start)
+            statuses.append(r.status_code)
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            per = total // concurrency
+            await asyncio.gather(
+                *(worker(client, range(w * per, (w + 1) * per)) for w in range(concurrency - 1)),
+                worker(client, range((concurrency - 1) * per, total)),
+            )
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    elapsed = time.perf_counter() - start
+    assert len(statuses) == total
+    assert statuses.count(200) == total, {s: statuses.count(s) for s in set(statuses)}
+    latencies.sort()
+    print(f"\n{total} requests in {elapsed:.1f}s: p50 {latencies[total // 2] * 1000:.0f} ms")
+
+
+def test_prometheus_metrics(server: Server) -> None:
+    import ray
+
+    search(server.url, {"query": "metrics probe"})
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline = time.monotonic() + 60
+    wanted = ("ray_adaclip_http_requests_total", "ray_adaclip_http_request_latency_ms_bucket")
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if all(name in text for name in wanted) and 'route="/search"' in text:
+            break
+        time.sleep(2)
+    lines = [ln for ln in text.splitlines() if ln.startswith("ray_adaclip_http_requests_total")]
+    assert lines, "request counter not exported"
+    search_lines = [ln for ln in lines if 'route="/search"' in ln and 'status="200"' in ln]
+    assert search_lines and float(search_lines[0].rsplit(" ", 1)[1]) >= 1
+    assert "ray_adaclip_http_request_latency_ms_bucket" in text
+    assert "ray_adaclip_encoder_batch_size_bucket" in text
+
+
+def test_browser_searches_and_plays_from_the_moment(server: Server) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(server.url + "/")
+            page.fill("#query", "a red circle moving left")
+            page.click("#search-button")
+            page.wait_for_selector("li.result")
+            results = page.locator("li.result")
+            assert results.count() == 6
+            first = results.nth(0)
+            assert "score" in first.locator(".score").inner_text()
+            moment_text = first.locator(".moment").inner_text()
+            assert "matching moment:" in moment_text and " s" in moment_text
+            expected_first = server.expected["a red circle moving left", True][0]
+            assert first.get_attribute("data-video-id") == expected_first["video_id"]
+            src = first.locator("video").get_attribute("src") or ""
+            assert src.startswith("/media/synth/") and "#t=" in src
+            assert "results in" in page.inner_text("#status")
+            # The video loads and is positioned at the matching moment.
+            page.wait_for_function(
+                "() => { const v = document.querySelector('li.result video');"
+                " return v && v.readyState >= 1; }"
+            )
+            position = page.evaluate("document.querySelector('li.result video').currentTime")
+            assert position == pytest.approx(expected_first["best_moment_s"], abs=0.2)
+        finally:
+            browser.close()
+
+
+def test_api_key_enforced_when_configured(server: Server) -> None:
+    """Last: redeploys the application with a key (all tests above ran without one)."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    serve.run(build_app({**server.args, "api_key": KEY}), name=APP, route_prefix="/")
+    wait_ready(server.url)  # /readyz is open, and the new ingress owns the index now
+    body = {"query": "a red circle", "top_k": 3}
+    assert search(server.url, body).status_code == 401
+    assert search(server.url, body, headers={"X-API-Key": "wrong"}).status_code == 401
+    r = search(server.url, body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    media = r.json()["results"][0]["media_url"]
+    assert httpx.get(server.url + media, timeout=10).status_code == 401
+    assert httpx.get(f"{server.url}{media}?api_key={KEY}", timeout=10).status_code == 200
+    assert httpx.get(f"{server.url}/videos/video00001", timeout=10).status_code == 401
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
