@@ -28,13 +28,13 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check adaclip pipelines train serve tests benchmarks
-	$(VENV)/bin/ruff format --check adaclip pipelines train serve tests benchmarks
+	$(VENV)/bin/ruff check adaclip pipelines train serve demo tests benchmarks
+	$(VENV)/bin/ruff format --check adaclip pipelines train serve demo tests benchmarks
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff check --fix adaclip pipelines train serve tests benchmarks
-	$(VENV)/bin/ruff format adaclip pipelines train serve tests benchmarks
+	$(VENV)/bin/ruff check --fix adaclip pipelines train serve demo tests benchmarks
+	$(VENV)/bin/ruff format adaclip pipelines train serve demo tests benchmarks
 
 clean:
 	rm -rf $(VENV) .adaclip build *.egg-info

@@ -16,10 +16,8 @@ from pipelines.settings import default_collection, parse_settings
 from serve.settings import SearchSettings, ServeSettings
 
 
-def serve_main(argv: Sequence[str] | None = None) -> int:
-    """`adaclip serve --checkpoint DIR [--collection NAME] [--qdrant-path DIR | --qdrant-url URL]
-    [--host H] [--port P]`: run the search server until interrupted."""
-    settings = parse_settings(ServeSettings, argv, "adaclip serve")
+def start_server(settings: ServeSettings) -> str:
+    """Start the search app on this machine's Ray (local cluster if none); return its URL."""
     import ray
     from ray import serve
 
@@ -35,7 +33,16 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         blocking=False,
     )
     prefix = settings.route_prefix.rstrip("/")
-    url = f"http://{settings.host}:{settings.port}{prefix}"
+    return f"http://{settings.host}:{settings.port}{prefix}"
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`adaclip serve --checkpoint DIR [--collection NAME] [--qdrant-path DIR | --qdrant-url URL]
+    [--host H] [--port P]`: run the search server until interrupted."""
+    settings = parse_settings(ServeSettings, argv, "adaclip serve")
+    from ray import serve
+
+    url = start_server(settings)
     print(f"AdaCLIP search on {url}/  (API docs {url}/docs); Ctrl-C stops it", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
