@@ -1,0 +1,192 @@
+"""Ray Data: decode each video's N candidate frames once and keep them for every epoch.
+
+``decode_split`` resolves a split's videos (missing files are reported, not fatal), runs
+:func:`adaclip.decode.decode_candidates` (the ingestion job's decoder) in Ray Data actors,
+and materialises the result in the object store (spilling to disk when it is large): the
+cache that lets epochs after the first skip decoding. Videos that fail to decode are
+reported once and dropped. Rows are ``video_id`` (str), ``frames`` (N, S, S, 3) uint8 and
+``captions`` (JSON list of strings); the training loop draws a caption per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from train.datasets import VideoRecord, load_split, resolve_videos
+
+if TYPE_CHECKING:
+    import ray.data
+    import torch
+
+logger = logging.getLogger(__name__)
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How candidate frames are decoded in the Ray Data stage."""
+
+    num_candidates: int  # N
+    frame_size: int  # square output size in pixels
+    s3_endpoint_url: str | None = None
+    num_cpus: float = 0.25  # per decode task
+    batch_size: int = 4  # videos per decode task
+    concurrency: int = 2  # max decode actors (the pool grows from 1)
+    remote: bool = False  # videos come from s3:// (each actor holds an ObjectFetcher)
+
+
+@dataclass
+class DecodedSplit:
+    """A split's decoded, materialised dataset and what was left out of it."""
+
+    name: str
+    dataset: ray.data.Dataset
+    num_videos: int
+    num_captions: int
+    failures: list[dict[str, str]] = field(default_factory=list)  # video_id, reason, message
+    decode_seconds: float = 0.0
+
+
+class DecodeCandidates:
+    """Ray Data UDF: rows (video_id, uri, captions) -> the same rows with ``frames``.
+
+    A video that cannot be fetched or decoded keeps its row with an ``error`` message and
+    zero frames, so the driver can report it; it never raises.
+    """
+
+    def __init__(self, options: DecodeOptions) -> None:
+        self.options = options
+        self.fetcher: Any = None
+        if options.s3_endpoint_url is not None or options.remote:
+            from pipelines.sources import ObjectFetcher
+
+            self.fetcher = ObjectFetcher(s3_endpoint_url=options.s3_endpoint_url)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n, s = self.options.num_candidates, self.options.frame_size
+        expected = _expected_errors(self.fetcher is not None)
+        frames, errors = [], []
+        for uri in batch["uri"]:
+            try:
+                frames.append(self._decode(str(uri)))
+                errors.append("")
+            except expected as err:
+                frames.append(np.zeros((n, s, s, 3), dtype=np.uint8))
+                errors.append(f"{type(err).__name__}: {str(err)[:300]}")
+        return {
+            "video_id": np.asarray(batch["video_id"], dtype=object),
+            "captions": np.asarray(batch["captions"], dtype=object),
+            "frames": np.stack(frames) if frames else np.zeros((0, n, s, s, 3), np.uint8),
+            "error": np.asarray(errors, dtype=object),
+        }
+
+    def _decode(self, uri: str) -> np.ndarray:
+        from adaclip.decode import decode_candidates
+
+        n, size = self.options.num_candidates, self.options.frame_size
+        if uri.startswith("s3://"):
+            if self.fetcher is None:
+                raise ValueError(f"{uri}: s3:// URI without an object fetcher")
+            with self.fetcher.fetch(uri) as fh:
+                return decode_candidates(fh, n, size).frames  # (N, S, S, 3)
+        return decode_candidates(uri, n, size).frames  # (N, S, S, 3)
+
+
+def _expected_errors(remote: bool) -> tuple[type[BaseException], ...]:
+    from adaclip.decode import DecodeError
+
+    errors: tuple[type[BaseException], ...] = (DecodeError, OSError, ValueError)
+    if remote:
+        from pipelines.sources import FetchError
+
+        errors += (FetchError,)
+    return errors
+
+
+def decode_records(
+    name: str,
+    records: list[VideoRecord],
+    uris: list[str],
+    options: DecodeOptions,
+    missing: list[str] | None = None,
+) -> DecodedSplit:
+    """Decode and materialise ``records`` (with their URIs) as a Ray dataset."""
+    import ray.data
+
+    failures = [
+        {"video_id": vid, "reason": "missing", "message": "no such video file"}
+        for vid in missing or []
+    ]
+    if not records:
+        raise ValueError(f"split {name!r}: none of its videos were found")
+    rows = [
+        {"video_id": r.video_id, "uri": uri, "captions": json.dumps(list(r.captions))}
+        for r, uri in zip(records, uris, strict=True)
+    ]
+    start = time.perf_counter()
+    num_blocks = max(1, min(len(rows) // max(1, options.batch_size), 200))
+    options = replace(options, remote=any(u.startswith("s3://") for u in uris))
+    ds = ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
+        DecodeCandidates,
+        fn_constructor_kwargs={"options": options},
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        num_cpus=options.num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.concurrency),
+    )
+    ds = ds.materialize()
+    errors = [row for row in ds.select_columns(["video_id", "error"]).take_all() if row["error"]]
+    for row in errors:
+        failures.append(
+            {"video_id": str(row["video_id"]), "reason": "decode", "message": row["error"]}
+        )
+    if errors:
+        ds = ds.filter(expr="error == ''")
+    # Materialised with no lazy step left: iterating it in later epochs runs no task, so
+    # training workers may take every CPU without starving the data stream.
+    ds = ds.drop_columns(["error"]).materialize()
+    for failure in failures:
+        logger.warning("split %s: left out %s (%s)", name, failure["video_id"], failure["message"])
+    kept = len(records) - len(errors)
+    if kept == 0:
+        raise ValueError(f"split {name!r}: no video could be decoded")
+    bad = {str(row["video_id"]) for row in errors}
+    return DecodedSplit(
+        name=name,
+        dataset=ds,
+        num_videos=kept,
+        num_captions=sum(len(r.captions) for r in records if r.video_id not in bad),
+        failures=failures,
+        decode_seconds=time.perf_counter() - start,
+    )
+
+
+def decode_split(
+    annotations_dir: str,
+    split: str,
+    dataset: str,
+    videos_root: str,
+    options: DecodeOptions,
+) -> DecodedSplit:
+    """Load ``<annotations_dir>/<split>.json``, match videos, decode and materialise them."""
+    records = load_split(annotations_dir, split, dataset)
+    resolved = resolve_videos(records, videos_root, s3_endpoint_url=options.s3_endpoint_url)
+    return decode_records(split, resolved.records, resolved.uris, options, resolved.missing)
+
+
+def batch_frames(batch: dict[str, Any]) -> torch.Tensor:
+    """The ``frames`` column as a uint8 tensor (B, N, S, S, 3), copied only if read-only."""
+    import torch
+
+    return torch.from_numpy(np.require(batch["frames"], dtype=np.uint8, requirements="W"))
+
+
+def batch_captions(batch: dict[str, Any]) -> list[list[str]]:
+    """The ``captions`` column of a batch as lists of strings."""
+    return [list(json.loads(str(c))) for c in batch["captions"]]

@@ -1,0 +1,299 @@
+"""``adaclip train`` / ``python -m train.run``: the Ray Train job.
+
+The driver decodes the train and validation splits once with Ray Data (materialised: the
+frame cache of every later epoch), starts a ``TorchTrainer`` (fixed or elastic worker
+count, failure retries, checkpoints under ``--storage-path/--name``), then exports the
+epoch with the best VALIDATION text-to-video R@1 as a plain checkpoint folder
+(``<output>/best``) that ``adaclip index`` and the server load, and writes one JSON report
+per validation epoch. Re-running with the same storage path and name resumes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adaclip.config import AdaClipConfig
+from train.data import DecodedSplit, DecodeOptions, decode_split
+from train.evaluate import PRIMARY_METRIC, format_metrics, write_report
+from train.loop import HISTORY_FILE, LoopConfig, train_loop_per_worker
+from train.settings import TrainSettings, parse_with_config
+
+logger = logging.getLogger(__name__)
+PROG = "adaclip train"
+
+
+@dataclass
+class TrainRunResult:
+    """What a finished run left behind."""
+
+    run_dir: str  # Ray Train run folder (storage path / name)
+    best_checkpoint: str  # exported best-by-validation checkpoint folder
+    best_epoch: int
+    best_val: dict[str, Any]
+    history: list[dict[str, Any]]
+    failures: list[dict[str, str]] = field(default_factory=list)
+    decode_seconds: dict[str, float] = field(default_factory=dict)
+    num_workers: int | tuple[int, int] = 1
+
+
+# ------------------------------------------------------------------ configuration
+def build_model_config(settings: TrainSettings) -> AdaClipConfig:
+    """The model configuration from flags (or the ``--init-checkpoint``'s own config)."""
+    from adaclip.commands import build_init_config
+
+    if settings.init_checkpoint:
+        from adaclip.checkpoint import read_checkpoint_config
+
+        return read_checkpoint_config(settings.init_checkpoint)[0]
+    weights = settings.clip_weights
+    is_file = weights is not None and Path(weights).is_file()
+    config = build_init_config(
+        settings.arch,
+        clip_weights=weights if is_file else None,
+        pretrained=None if is_file else weights,
+        num_candidates=settings.num_candidates,
+        top_k=settings.top_k,
+        frame_agg=settings.frame_agg,
+        policy_weights=settings.policy_weights,
+    )
+    config.policy.enabled = settings.policy
+    config.policy.freeze_backbone = settings.freeze_cnn
+    if settings.policy_resolution is not None:
+        config.policy.resolution = settings.policy_resolution
+    config.max_text_len = settings.max_text_len
+    config.validate()
+    return config
+
+
+def decode_options(settings: TrainSettings, num_candidates: int) -> DecodeOptions:
+    return DecodeOptions(
+        num_candidates=num_candidates,
+        frame_size=settings.frame_size,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        num_cpus=settings.decode_cpus,
+        batch_size=settings.decode_batch_size,
+        concurrency=settings.decode_concurrency,
+    )
+
+
+def scaling_config(settings: TrainSettings) -> Any:
+    """Fixed ``N`` or elastic ``(MIN, MAX)`` workers, one GPU each with ``--use-gpu``."""
+    from ray.train.v2.api.config import ScalingConfig  # = ray.train.ScalingConfig (Train V2)
+
+    resources: dict[str, float] = {"CPU": settings.cpus_per_worker}
+    if settings.use_gpu:
+        resources["GPU"] = 1.0
+    return ScalingConfig(
+        num_workers=settings.workers,
+        use_gpu=settings.use_gpu,
+        resources_per_worker=resources,
+        elastic_resize_monitor_interval_s=10.0,
+    )
+
+
+def run_config(settings: TrainSettings) -> Any:
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=settings.run_name,
+        storage_path=_storage_uri(settings.storage_path),
+        failure_config=FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=settings.keep_checkpoints,
+            checkpoint_score_attribute=f"val_{PRIMARY_METRIC}",
+            checkpoint_score_order="max",
+        ),
+    )
+
+
+def _storage_uri(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _has_snapshot(settings: TrainSettings) -> bool:
+    if "://" in settings.storage_path:
+        return False  # a remote run folder is checked by Ray Train itself
+    run_dir = Path(_storage_uri(settings.storage_path)) / settings.run_name
+    return run_dir.is_dir() and any(run_dir.glob("checkpoint_manager_snapshot*"))
+
+
+# ------------------------------------------------------------------------ the job
+def run_training(settings: TrainSettings) -> TrainRunResult:
+    """Decode the data, train with Ray Train, export the best checkpoint, write reports."""
+    import ray
+    import ray.data
+    from ray.train import DataConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if settings.videos_root is None:
+        raise ValueError("--videos-root is required")
+    if not settings.resume and _has_snapshot(settings):
+        raise ValueError(
+            f"run {settings.run_name!r} already exists under {settings.storage_path}; pass "
+            "--resume, another --name, or remove the folder"
+        )
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address)
+    ray.data.DataContext.get_current().enable_progress_bars = settings.progress_bars
+    model_config = build_model_config(settings)
+    options = decode_options(settings, model_config.num_candidates)
+    splits: dict[str, DecodedSplit] = {}
+    for role, split in (("train", settings.train_split), ("val", settings.val_split)):
+        splits[role] = decode_split(
+            settings.annotations_dir, split, settings.dataset, settings.videos_root, options
+        )
+        logger.info(
+            "decoded %s split %s: %d videos in %.1fs (%d left out)",
+            role,
+            split,
+            splits[role].num_videos,
+            splits[role].decode_seconds,
+            len(splits[role].failures),
+        )
+    out = Path(settings.output)
+    failures = [{"split": s.name, **f} for s in splits.values() for f in s.failures]
+    _write_failures(out, failures)
+
+    loop = LoopConfig(
+        model_config=model_config.to_dict(),
+        num_epochs=settings.num_epochs,
+        global_batch_size=settings.batch_size,
+        num_train_videos=splits["train"].num_videos,
+        lr=settings.lr,
+        clip_lr=settings.clip_lr,
+        weight_decay=settings.weight_decay,
+        warmup_ratio=settings.warmup_ratio,
+        grad_clip=settings.grad_clip,
+        seed=settings.seed,
+        amp=settings.amp,
+        eval_batch_size=settings.eval_batch_size,
+        init_checkpoint=settings.init_checkpoint,
+        fail_at_epoch=settings.inject_failure_at_epoch,
+        fail_marker=str((out / "injected_failure.marker").resolve()),
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
+        scaling_config=scaling_config(settings),
+        run_config=run_config(settings),
+        datasets={
+            "train": splits["train"].dataset.randomize_block_order(seed=None),
+            "val": splits["val"].dataset,
+        },
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    logger.info("training finished in %.1fs", time.perf_counter() - start)
+    return finish_run(settings, result, failures, splits)
+
+
+def finish_run(
+    settings: TrainSettings,
+    result: Any,
+    failures: list[dict[str, str]],
+    splits: dict[str, DecodedSplit],
+) -> TrainRunResult:
+    """Export the best-by-validation checkpoint and write the per-epoch reports."""
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("the run reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: _rank_key(cm[1]))
+    out = Path(settings.output)
+    best_dir = out / "best"
+    export_checkpoint(best_ckpt, best_dir)
+    for record in history:
+        write_report(
+            out / "reports" / f"val_epoch{record['epoch']:04d}.json",
+            record.get("val", {}),
+            split=settings.val_split,
+            epoch=record["epoch"],
+            run=settings.run_name,
+            loss=record["loss"],
+        )
+    best_epoch = int(best_metrics["epoch"])
+    best_val = next(r["val"] for r in history if r["epoch"] == best_epoch)
+    run_result = TrainRunResult(
+        run_dir=str(result.path),
+        best_checkpoint=str(best_dir),
+        best_epoch=best_epoch,
+        best_val=best_val,
+        history=history,
+        failures=failures,
+        decode_seconds={role: s.decode_seconds for role, s in splits.items()},
+        num_workers=settings.workers,
+    )
+    summary = dict(run_result.__dict__)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return run_result
+
+
+def _rank_key(metrics: dict[str, Any]) -> tuple[float, ...]:
+    """Best epoch: highest val R@1, then R@5, R@10, then lowest mean rank, then earliest."""
+    return (
+        float(metrics.get(f"val_{PRIMARY_METRIC}", float("-inf"))),
+        float(metrics.get("val_t2v_R5", 0.0)),
+        float(metrics.get("val_t2v_R10", 0.0)),
+        -float(metrics.get("val_t2v_MnR", 0.0)),
+        -float(metrics.get("epoch", 0)),
+    )
+
+
+def export_checkpoint(checkpoint: Any, dest: Path) -> str:
+    """Copy the model files of a Ray checkpoint into ``dest``; returns its model_id."""
+    from adaclip.checkpoint import CONFIG_FILE, WEIGHTS_FILE, model_id_of
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with checkpoint.as_directory() as folder:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(Path(folder) / name, tmp / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return model_id_of(dest)
+
+
+def _write_failures(out: Path, failures: list[dict[str, str]]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "failures.jsonl", "w", encoding="utf-8") as fh:
+        for row in failures:
+            fh.write(json.dumps(row) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``adaclip train`` and ``python -m train.run``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = parse_with_config(TrainSettings, argv, PROG)
+    if settings.do_inference:
+        from train.inference import run_inference
+
+        checkpoint = settings.checkpoint or str(Path(settings.output) / "best")
+        report = run_inference(settings, checkpoint, settings.eval_split or settings.test_split)
+        print(format_metrics(report["metrics"]))
+        return 0
+    result = run_training(settings)
+    print(
+        f"best epoch {result.best_epoch} (val {format_metrics(result.best_val)}); "
+        f"exported to {result.best_checkpoint}"
+    )
+    if result.failures:
+        print(f"{len(result.failures)} videos left out: see {settings.output}/failures.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
