@@ -39,6 +39,8 @@ class DecodeOptions:
     batch_size: int = 4  # videos per decode task
     concurrency: int = 2  # max decode actors (the pool grows from 1)
     remote: bool = False  # videos come from s3:// (each actor holds an ObjectFetcher)
+    frames_dir: bool = False  # each URI is a folder of pre-extracted frames
+    frames_fps: float | None = None
 
 
 @dataclass
@@ -90,6 +92,10 @@ class DecodeCandidates:
         from adaclip.decode import decode_candidates
 
         n, size = self.options.num_candidates, self.options.frame_size
+        if self.options.frames_dir:
+            from adaclip.frames_dir import decode_candidates_from_frames
+
+            return decode_candidates_from_frames(uri, n, size, fps=self.options.frames_fps).frames
         if uri.startswith("s3://"):
             if self.fetcher is None:
                 raise ValueError(f"{uri}: s3:// URI without an object fetcher")
@@ -176,7 +182,12 @@ def decode_split(
 ) -> DecodedSplit:
     """Load ``<annotations_dir>/<split>.json``, match videos, decode and materialise them."""
     records = load_split(annotations_dir, split, dataset)
-    resolved = resolve_videos(records, videos_root, s3_endpoint_url=options.s3_endpoint_url)
+    resolved = resolve_videos(
+        records,
+        videos_root,
+        s3_endpoint_url=options.s3_endpoint_url,
+        frames_dir=options.frames_dir,
+    )
     return decode_records(split, resolved.records, resolved.uris, options, resolved.missing)
 
 

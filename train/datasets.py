@@ -126,11 +126,15 @@ def resolve_videos(
     videos_root: str,
     *,
     s3_endpoint_url: str | None = None,
+    frames_dir: bool = False,
 ) -> ResolvedSplit:
     """Match records to ``<videos_root>/<video_id>.<extension>`` (local folder or s3://).
 
-    A record whose file is absent goes to ``missing`` instead of raising.
+    With ``frames_dir`` the root holds one folder of extracted frames per video,
+    ``<videos_root>/<video_id>/``. A record whose video is absent goes to ``missing``.
     """
+    if frames_dir:
+        return _resolve_frame_folders(records, Path(videos_root))
     if videos_root.startswith("s3://"):
         available = _list_s3_names(videos_root, s3_endpoint_url)
         base = videos_root.rstrip("/") + "/"
@@ -148,6 +152,15 @@ def resolve_videos(
         else:
             missing.append(record.video_id)
     return ResolvedSplit(found, uris, missing)
+
+
+def _resolve_frame_folders(records: Sequence[VideoRecord], root: Path) -> ResolvedSplit:
+    if not root.is_dir():
+        raise AnnotationError(f"frames folder {root} is not a folder")
+    available = {p.name for p in root.iterdir() if p.is_dir()}
+    found = [r for r in records if r.video_id in available]
+    missing = [r.video_id for r in records if r.video_id not in available]
+    return ResolvedSplit(found, [str((root / r.video_id).resolve()) for r in found], missing)
 
 
 def _list_s3_names(prefix: str, s3_endpoint_url: str | None) -> set[str]:

@@ -44,6 +44,8 @@ def run_inference(
         num_cpus=settings.decode_cpus,
         batch_size=settings.decode_batch_size,
         concurrency=settings.decode_concurrency,
+        frames_dir=settings.frames_dir,
+        frames_fps=settings.frames_fps,
     )
     decoded = decode_split(
         settings.annotations_dir, split, settings.dataset, settings.videos_root, options
@@ -59,11 +61,22 @@ def run_inference(
         "dataset": settings.dataset,
         "left_out": decoded.failures,
         "decode_seconds": decoded.decode_seconds,
+        "gflops_per_video": compute_cost(model, settings.frame_size),
     }
     path = Path(settings.output) / "reports" / f"{split}_{model.model_id}.json"
     write_report(path, metrics, **meta)
     logger.info("%s on %s: %s (report %s)", checkpoint, split, format_metrics(metrics), path)
     return {"metrics": metrics, "report": str(path), **meta}
+
+
+def compute_cost(model: Any, frame_size: int) -> dict[str, float]:
+    """GFLOPs one video costs (policy on N + CLIP on K + aggregation), counted on the
+    real model, next to the paper's no-policy figure (CLIP on all N)."""
+    from adaclip.flops import video_gflops
+
+    counted = video_gflops(model, frame_size)
+    keys = ("policy", "clip_k", "aggregation", "total", "no_policy_clip_n")
+    return {key: round(float(counted[key]), 4) for key in keys}
 
 
 def _local_checkpoint(checkpoint: str, tmp: Path, s3_endpoint_url: str | None) -> str:

@@ -80,6 +80,8 @@ def decode_options(settings: TrainSettings, num_candidates: int) -> DecodeOption
         num_cpus=settings.decode_cpus,
         batch_size=settings.decode_batch_size,
         concurrency=settings.decode_concurrency,
+        frames_dir=settings.frames_dir,
+        frames_fps=settings.frames_fps,
     )
 
 

@@ -62,6 +62,14 @@ class DataSettings(JobSettings):
     videos_root: str | None = Field(
         None, description="folder or s3://bucket/prefix holding <video_id>.<extension>"
     )
+    frames_dir: bool = Field(
+        False,
+        description="--videos-root holds pre-extracted frames in the paper's layout "
+        "(<root>/<video_id>/image_00001.jpg ...) instead of video files",
+    )
+    frames_fps: float | None = Field(
+        None, description="frame rate the frames were extracted at (for timestamps)"
+    )
     annotations: str | None = Field(
         None, description="folder of <split>.json annotation files (default: --videos-root)"
     )

@@ -156,3 +156,35 @@ def test_elastic_run_starts_with_the_workers_that_fit(
     assert [r["epoch"] for r in result.history] == [0]
     assert 1 <= result.history[0]["world_size"] <= 3
     assert Path(result.best_checkpoint, "model.safetensors").is_file()
+
+
+def test_do_inference_from_frame_folders_reports_gflops(
+    first_run: Any, synth_root: Path, work: Path
+) -> None:
+    import av
+    from PIL import Image
+
+    from train.inference import run_inference
+
+    frames_root = work / "frames"
+    val = json.loads((synth_root / "val.json").read_text())
+    for video_id in val:
+        out = frames_root / video_id
+        out.mkdir(parents=True)
+        with av.open(str(synth_root / f"{video_id}.mp4")) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(
+                    out / f"image_{i + 1:05d}.jpg", quality=95
+                )
+    s = settings(
+        *flags(frames_root, work, "infer-frames"),
+        "--annotations", str(synth_root), "--frames-dir", "--frames-fps", "8",
+    )  # fmt: skip
+    best = json.loads((work / "run" / "train_summary.json").read_text())
+    report = run_inference(s, best["best_checkpoint"], "val")
+    assert report["metrics"]["num_videos"] == len(val) and not report["left_out"]
+    cost = report["gflops_per_video"]
+    assert cost["total"] == pytest.approx(cost["policy"] + cost["clip_k"] + cost["aggregation"])
+    assert cost["no_policy_clip_n"] > cost["clip_k"] > 0
+    saved = json.loads(Path(report["report"]).read_text())
+    assert saved["gflops_per_video"] == cost
