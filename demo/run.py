@@ -34,7 +34,7 @@ class DemoSettings(JobSettings):
     workdir: str = Field("./.adaclip/demo", description="folder for everything the demo makes")
     videos: int = Field(96, description="synthetic videos to generate (80/10/10 split)")
     seed: int = Field(0, description="seed of the synthetic data and the model")
-    num_epochs: int = Field(8, description="training epochs")
+    num_epochs: int = Field(30, description="training epochs")
     num_workers: int = Field(2, description="Ray Train workers (CPU)")
     queries: int = Field(5, description="caption queries to run against the API")
     port: int = Field(8000, description="HTTP port of the search API")
