@@ -68,7 +68,9 @@ def main() -> None:
     print(f"{'method':<34}{'captions/s':>12}{'speedup':>9}{'max|diff|':>12}")
     print(f"{'open_clip encode_text (77 tokens)':<34}{n / t_default:>12.0f}{1.0:>9.2f}{0.0:>12.1e}")
     print(f"{'trim each batch':<34}{n / t_trim:>12.0f}{t_default / t_trim:>9.2f}{diff_trim:>12.1e}")
-    print(f"{'group by length + trim':<34}{n / t_group:>12.0f}{t_default / t_group:>9.2f}{diff_group:>12.1e}")
+    print(
+        f"{'group by length + trim':<34}{n / t_group:>12.0f}{t_default / t_group:>9.2f}{diff_group:>12.1e}"
+    )
     print(f"text_encode_speedup: {t_default / t_group:.2f} max_abs_diff: {diff_group:.2e}")
 
 
