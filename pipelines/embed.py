@@ -98,15 +98,22 @@ class DecodeVideos:
         return _to_batch(out, self.spec)
 
 
+def _empty_listing_columns() -> Batch:
+    """The listing columns of a batch with no rows (every video of it failed)."""
+    return {
+        "uri": np.array([], dtype=object),
+        "video_id": np.array([], dtype=object),
+        "etag": np.array([], dtype=object),
+        "size_bytes": np.array([], dtype=np.int64),
+        "duration_s": np.array([], dtype=np.float64),
+    }
+
+
 def _to_batch(columns: dict[str, list[Any]], spec: DecodeSpec) -> Batch:
     n, s = spec.num_candidates, spec.frame_size
     if not columns["uri"]:  # every video of the batch failed: an empty, typed batch
         return {
-            "uri": np.array([], dtype=object),
-            "video_id": np.array([], dtype=object),
-            "etag": np.array([], dtype=object),
-            "size_bytes": np.array([], dtype=np.int64),
-            "duration_s": np.array([], dtype=np.float64),
+            **_empty_listing_columns(),
             "frames": np.zeros((0, n, s, s, 3), dtype=np.uint8),
             "timestamps": np.zeros((0, n), dtype=np.float64),
         }
@@ -170,11 +177,7 @@ class EmbedVideos:
 def embed_batch_empty(model: Any) -> Batch:
     k, d = model.config.top_k, model.embed_dim
     return {
-        "uri": np.array([], dtype=object),
-        "video_id": np.array([], dtype=object),
-        "etag": np.array([], dtype=object),
-        "size_bytes": np.array([], dtype=np.int64),
-        "duration_s": np.array([], dtype=np.float64),
+        **_empty_listing_columns(),
         "video_vector": np.zeros((0, d), dtype=np.float32),
         "frame_vectors": np.zeros((0, k, d), dtype=np.float32),
         "frame_ts": np.zeros((0, k), dtype=np.float64),

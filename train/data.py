@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from train.datasets import VideoRecord, load_split, resolve_videos
+from train.settings import DataSettings
 
 if TYPE_CHECKING:
     import ray.data
@@ -201,3 +202,17 @@ def batch_frames(batch: dict[str, Any]) -> torch.Tensor:
 def batch_captions(batch: dict[str, Any]) -> list[list[str]]:
     """The ``captions`` column of a batch as lists of strings."""
     return [list(json.loads(str(c))) for c in batch["captions"]]
+
+
+def decode_options(settings: DataSettings, num_candidates: int) -> DecodeOptions:
+    """How the Ray Data stage decodes candidates (training and evaluation alike)."""
+    return DecodeOptions(
+        num_candidates=num_candidates,
+        frame_size=settings.frame_size,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        num_cpus=settings.decode_cpus,
+        batch_size=settings.decode_batch_size,
+        concurrency=settings.decode_concurrency,
+        frames_dir=settings.frames_dir,
+        frames_fps=settings.frames_fps,
+    )

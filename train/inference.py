@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.data import DecodeOptions, decode_split
+from train.data import decode_options, decode_split
 from train.evaluate import evaluate_batches, format_metrics, write_report
 from train.settings import EvalSettings, TrainSettings, parse_with_config
 
@@ -37,16 +37,7 @@ def run_inference(
     with tempfile.TemporaryDirectory(prefix="adaclip-eval-") as tmp:
         local = _local_checkpoint(checkpoint, Path(tmp), settings.s3_endpoint_url)
         model = load_checkpoint(local)
-    options = DecodeOptions(
-        num_candidates=model.config.num_candidates,
-        frame_size=settings.frame_size,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        num_cpus=settings.decode_cpus,
-        batch_size=settings.decode_batch_size,
-        concurrency=settings.decode_concurrency,
-        frames_dir=settings.frames_dir,
-        frames_fps=settings.frames_fps,
-    )
+    options = decode_options(settings, model.config.num_candidates)
     decoded = decode_split(
         settings.annotations_dir, split, settings.dataset, settings.videos_root, options
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adaclip.config import AdaClipConfig
-from train.data import DecodedSplit, DecodeOptions, decode_split
+from train.data import DecodedSplit, decode_options, decode_split
 from train.evaluate import PRIMARY_METRIC, format_metrics, write_report
 from train.loop import HISTORY_FILE, LoopConfig, train_loop_per_worker
 from train.settings import TrainSettings, parse_with_config
@@ -70,19 +70,6 @@ def build_model_config(settings: TrainSettings) -> AdaClipConfig:
     config.max_text_len = settings.max_text_len
     config.validate()
     return config
-
-
-def decode_options(settings: TrainSettings, num_candidates: int) -> DecodeOptions:
-    return DecodeOptions(
-        num_candidates=num_candidates,
-        frame_size=settings.frame_size,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        num_cpus=settings.decode_cpus,
-        batch_size=settings.decode_batch_size,
-        concurrency=settings.decode_concurrency,
-        frames_dir=settings.frames_dir,
-        frames_fps=settings.frames_fps,
-    )
 
 
 def scaling_config(settings: TrainSettings) -> Any:
