@@ -23,6 +23,7 @@ from adaclip.config import AdaClipConfig
 from train.data import DecodedSplit, decode_options, decode_split
 from train.evaluate import PRIMARY_METRIC, format_metrics, write_report
 from train.loop import HISTORY_FILE, LoopConfig, train_loop_per_worker
+from train.progress import EpochProgress
 from train.settings import TrainSettings, parse_with_config
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,14 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    progress = EpochProgress(
+        Path(_storage_uri(settings.storage_path)) / settings.run_name, settings.num_epochs
+    )
+    progress.start()
+    try:
+        result = trainer.fit()
+    finally:
+        progress.stop()
     logger.info("training finished in %.1fs", time.perf_counter() - start)
     return finish_run(settings, result, failures, splits)
 
