@@ -52,3 +52,11 @@ def machine() -> str:
     except ImportError:
         pass
     return desc
+
+
+def load_average() -> str:
+    """The 1-minute load average and the core count: how contended the timings were."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average unknown"
