@@ -32,8 +32,21 @@ def start_server(settings: ServeSettings) -> str:
         route_prefix=settings.route_prefix,
         blocking=False,
     )
+    # Serve keeps the HTTP options of its first start in this cluster: report where its
+    # proxy really listens, and say so when that differs from what was asked for.
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None, "serve.start() connected no client"
+    http = client.http_config
+    if (http.host, http.port) != (settings.host, settings.port):
+        print(
+            f"note: Serve already runs in this Ray cluster on {http.host}:{http.port}; "
+            f"--host/--port apply only to a fresh cluster",
+            flush=True,
+        )
     prefix = settings.route_prefix.rstrip("/")
-    return f"http://{settings.host}:{settings.port}{prefix}"
+    return f"http://{http.host}:{http.port}{prefix}"
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from serve_fixtures import IndexedVideos, index_videos, write_tiny_checkpoint
 @pytest.fixture(scope="session")
 def indexed_videos(tmp_path_factory: pytest.TempPathFactory) -> IndexedVideos:
     from adaclip.synth import generate_dataset
-    from serve.settings import default_collection
+    from pipelines.settings import default_collection
 
     root = tmp_path_factory.mktemp("serve_data")
     media_root = root / "media"
