@@ -65,7 +65,8 @@ class NotAMediaFileError(DecodeError):
 
 
 class NoVideoStreamError(DecodeError):
-    """The container holds no video stream (audio only, subtitles, cover art only)."""
+    """The container holds no video stream (audio only, subtitles, cover art only), or the
+    file is a still image (PNG, JPEG ...) that FFmpeg would read as a one-frame video."""
 
 
 class UnsupportedCodecError(DecodeError):
@@ -606,7 +607,20 @@ def _open(source: VideoSource, name: str) -> InputContainer:
         raise CorruptVideoError(f"{name}: unreadable container header ({_reason(exc)})") from exc
 
 
+def _is_still_image(container: InputContainer) -> bool:
+    """FFmpeg's image demuxers (``png_pipe``, ``jpeg_pipe``, ``image2`` ...) hold a picture.
+
+    ``gif_pipe`` is left out: an animated GIF is a video.
+    """
+    names = set(container.format.name.split(","))
+    return bool(names & {"image2", "image2pipe"}) or any(
+        n.endswith("_pipe") and n != "gif_pipe" for n in names
+    )
+
+
 def _video_stream(container: InputContainer, name: str) -> VideoStream:
+    if _is_still_image(container):
+        raise NoVideoStreamError(f"{name}: a still image ({container.format.name}), not a video")
     streams = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
     if not streams:
         kinds = ", ".join(sorted({str(s.type) for s in container.streams})) or "none"

@@ -37,7 +37,12 @@ def trained(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
     held_out = {}
     for split in ("val", "test"):
         held_out.update(json.loads((bucket / f"{split}.json").read_text()))
-    return {"root": root, "bucket": bucket, "checkpoint": result.best_checkpoint, "held_out": held_out}
+    return {
+        "root": root,
+        "bucket": bucket,
+        "checkpoint": result.best_checkpoint,
+        "held_out": held_out,
+    }
 
 
 def _search(url: str, query: str) -> list[dict[str, Any]]:
@@ -83,4 +88,4 @@ def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -
         chance = 1 / len(held_out)
         assert hits / len(held_out) > 0.5, f"{hits}/{len(held_out)} top-1 (chance {chance:.2f})"
     finally:
-        serve.delete(settings.app_name)
+        serve.shutdown()  # later tests start Serve with their own HTTP options
