@@ -91,8 +91,8 @@ def test_serve_run_arguments_are_settings_fields() -> None:
 
 
 def test_configuration_reference_is_generated_from_the_settings() -> None:
-    from pipelines.settings_doc import BEGIN, END, render
+    from demo.settings_doc import BEGIN, END, render
 
     text = README.read_text()
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert block == render(), "run: python -m pipelines.settings_doc --write"
+    assert block == render(), "run: python -m demo.settings_doc --write"
