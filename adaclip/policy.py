@@ -109,6 +109,9 @@ class PolicyNetwork(nn.Module):
                 feats = self.backbone(pixels)
         else:
             feats = self.backbone(pixels)  # (B*N, 1280)
+        # Unit-RMS features: the projection sees the same scale whatever the backbone's
+        # weights (a random, frozen MobileNetV3 shrinks activations ~10x per stage).
+        feats = F.normalize(feats, dim=-1) * feats.shape[-1] ** 0.5
         x = self.proj(feats.view(b, n, -1)) + self.pos_embedding[:n]  # (B, N, H)
         x = self.temporal(x)
         return self.scorer(x).squeeze(-1)  # (B, N)

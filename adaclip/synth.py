@@ -94,6 +94,7 @@ def generate_dataset(
     fps: int = 8,
     size: int = 64,
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    uninformative: tuple[float, float] = (0.3, 0.5),
 ) -> dict[str, Path]:
     """Write ``num_videos`` captioned clips and their train/val/test annotation files.
 
@@ -106,12 +107,16 @@ def generate_dataset(
         fps: frame rate.
         size: frame height and width in pixels (even).
         splits: fractions of videos in train, val and test.
+        uninformative: ``(low, high)``: each clip's share of blank/noise frames is drawn
+            uniformly from this range (at least one frame, at least one informative).
 
     Returns:
         ``{"train": path, "val": path, "test": path}`` of the annotation files.
     """
     if num_videos < 1 or frames_per_video < 2 or fps < 1 or size < 16 or size % 2:
         raise ValueError("need num_videos >= 1, frames_per_video >= 2, fps >= 1, even size >= 16")
+    if not 0.0 <= uninformative[0] <= uninformative[1] < 1.0:
+        raise ValueError(f"uninformative must be 0 <= low <= high < 1, got {uninformative}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -121,7 +126,9 @@ def generate_dataset(
     for i in range(num_videos):
         color, shape, motion = combos[order[i % len(combos)]]
         video_rng = np.random.default_rng([seed, i])
-        spec = _make_spec(f"video{i:05d}", color, shape, motion, frames_per_video, video_rng)
+        spec = _make_spec(
+            f"video{i:05d}", color, shape, motion, frames_per_video, video_rng, uninformative
+        )
         frames = _render(spec, size, video_rng)
         _write_h264(root / f"{spec.video_id}.mp4", frames, fps)
         specs.append(spec)
@@ -151,7 +158,13 @@ def generate_dataset(
 
 
 def _make_spec(
-    video_id: str, color: str, shape: str, motion: str, num_frames: int, rng: np.random.Generator
+    video_id: str,
+    color: str,
+    shape: str,
+    motion: str,
+    num_frames: int,
+    rng: np.random.Generator,
+    uninformative: tuple[float, float] = (0.3, 0.5),
 ) -> VideoSpec:
     templates = rng.choice(len(_TEMPLATES), size=int(rng.integers(2, 4)), replace=False)
     sentences = [
@@ -164,13 +177,18 @@ def _make_spec(
         )
         for t in templates
     ]
-    return VideoSpec(video_id, color, shape, motion, sentences, _informative_mask(num_frames, rng))
+    mask = _informative_mask(num_frames, rng, uninformative)
+    return VideoSpec(video_id, color, shape, motion, sentences, mask)
 
 
-def _informative_mask(num_frames: int, rng: np.random.Generator) -> list[bool]:
-    """30-50% of the frames, in one to three contiguous stretches, are uninformative."""
+def _informative_mask(
+    num_frames: int, rng: np.random.Generator, share: tuple[float, float] = (0.3, 0.5)
+) -> list[bool]:
+    """A share of the frames drawn from ``share`` (default 30-50%), in one to three
+    contiguous stretches, is uninformative; at least one frame stays informative."""
     mask = np.ones(num_frames, dtype=bool)
-    target = max(1, math.ceil(num_frames * rng.uniform(0.3, 0.5)))
+    target = max(1, math.ceil(num_frames * rng.uniform(*share)))
+    target = min(target, num_frames - 1)
     pieces = int(rng.integers(1, 4))
     lengths = np.full(pieces, target // pieces)
     lengths[: target % pieces] += 1
