@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SHARED_ANNOTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annots"
@@ -60,3 +60,18 @@ def load_average() -> str:
         return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     except OSError:
         return "load average unknown"
+
+
+def print_table(rows: Sequence[dict[str, str]]) -> None:
+    """Print rows (same keys, string values) as a markdown table, numbers right-aligned."""
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(width[c]) for c in cols) + " |")
+    print("|" + "|".join("-" * (width[c] + 2) for c in cols) + "|")
+    for r in rows:
+        print("| " + " | ".join(r[c].rjust(width[c]) for c in cols) + " |")
+
+
+def verdict(ok: bool) -> str:
+    """How a target check reads in the output."""
+    return "MET" if ok else "NOT MET"

@@ -42,7 +42,7 @@ from adaclip.clip_backbone import resolve_model_cfg
 from adaclip.config import TINY_CLIP_CFG, AdaClipConfig, ClipConfig, PolicyConfig
 from adaclip.model import AdaCLIP
 from adaclip.topk import topk_indices
-from benchmarks.common import load_average, machine
+from benchmarks.common import load_average, machine, print_table
 
 PAIRS: tuple[tuple[int, int], ...] = ((16, 12), (32, 16), (64, 32))
 RESOLUTIONS: tuple[int, ...] = (224, 112)
@@ -206,15 +206,6 @@ def time_paths(
 
 def ms(p: Path, wall: bool = False) -> float:
     return 1e3 * statistics.median(p.wall if wall else p.times)
-
-
-def print_table(rows: list[dict[str, str]]) -> None:
-    cols = list(rows[0])
-    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    print("| " + " | ".join(c.ljust(width[c]) for c in cols) + " |")
-    print("|" + "|".join("-" * (width[c] + 2) for c in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(r[c].rjust(width[c]) for c in cols) + " |")
 
 
 # -------------------------------------------------------------------------- main

@@ -621,17 +621,6 @@ def memory_runs(tmp: Path, counts: Sequence[int], store_mb: int) -> list[dict[st
 
 
 # ---------------------------------------------------------------------------------- main
-def print_table(rows: Sequence[dict[str, str]]) -> None:
-    cols = list(rows[0])
-    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    print("| " + " | ".join(c.ljust(width[c]) for c in cols) + " |")
-    print("|" + "|".join("-" * (width[c] + 2) for c in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(r[c].rjust(width[c]) for c in cols) + " |")
-
-
-def met(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -667,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    from benchmarks.common import load_average, machine
+    from benchmarks.common import load_average, machine, print_table, verdict
 
     torch.set_num_threads(args.threads)
     if shutil.which("ffmpeg") is None:
@@ -713,12 +702,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     long_gop2 = med(long_rows[0].base_cpu) / med(long_rows[0].ours_cpu)
     print(
         f"short clips (5-10 s, 320p/480p): sum of two-stage / sum of ours = {short_ratio:.1f}x "
-        f"(lowest clip {short_worst:.1f}x; target >= {TARGET_SHORT:g}x: {met(short_ratio >= TARGET_SHORT)})"
+        f"(lowest clip {short_worst:.1f}x; target >= {TARGET_SHORT:g}x: {verdict(short_ratio >= TARGET_SHORT)})"
     )
     print(
         f"2-minute 720p: {long_gop2:.1f}x with a keyframe every 2 s, {long_worst:.1f}x lowest "
-        f"(target >= {TARGET_LONG:g}x: {met(long_gop2 >= TARGET_LONG)} at 2 s GOP, "
-        f"{met(long_worst >= TARGET_LONG)} for both)"
+        f"(target >= {TARGET_LONG:g}x: {verdict(long_gop2 >= TARGET_LONG)} at 2 s GOP, "
+        f"{verdict(long_worst >= TARGET_LONG)} for both)"
     )
 
     print()
@@ -743,14 +732,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     k_ok = ours.clip_images == TOP_K * ours.videos
     print(
         f"CLIP image forwards per video: ours {ours.clip_images / ours.videos:g} "
-        f"(N={N_CANDIDATES}, K={TOP_K}; = K: {met(k_ok)}), two-stage "
+        f"(N={N_CANDIDATES}, K={TOP_K}; = K: {verdict(k_ok)}), two-stage "
         f"{base.clip_images / base.videos:g} (= N)"
     )
     print(f"staged path vs AdaCLIP.encode_video: max |diff| of the video vector = {diff:.2e}")
     print(
         f"end-to-end speedup (videos/s, CPU time): {speedup:.2f}x (median per video "
         f"{speedup_med:.2f}x; wall {speedup_wall:.2f}x); target >= {TARGET_E2E:g}x: "
-        f"{met(speedup >= TARGET_E2E)}"
+        f"{verdict(speedup >= TARGET_E2E)}"
     )
 
     if long_e2e is not None:

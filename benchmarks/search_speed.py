@@ -52,7 +52,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from pipelines.store import VideoStore
 
-from benchmarks.common import load_average, machine, msrvtt_test_captions
+from benchmarks.common import load_average, machine, msrvtt_test_captions, print_table, verdict
 
 K_FRAMES = 12
 DIM = 512
@@ -525,19 +525,6 @@ def run_size(
 
 def fmt_ms(m: float) -> str:
     return f"{m:.3f}" if m < 10 else f"{m:.1f}"
-
-
-def print_table(rows: list[dict[str, str]]) -> None:
-    cols = list(rows[0])
-    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    print("| " + " | ".join(c.ljust(width[c]) for c in cols) + " |")
-    print("|" + "|".join("-" * (width[c] + 2) for c in cols) + "|")
-    for r in rows:
-        print("| " + " | ".join(r[c].rjust(width[c]) for c in cols) + " |")
-
-
-def verdict(ok: bool) -> str:
-    return "MET" if ok else "NOT MET"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
