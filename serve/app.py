@@ -1,4 +1,4 @@
-"""The Ray Serve application: a batched, autoscaled text encoder behind a FastAPI ingress.
+"""The Ray Serve application: a FastAPI ingress, and a batched, autoscaled text encoder.
 
     serve run serve.app:build_app checkpoint=./ckpt qdrant_path=./.adaclip/qdrant
     serve deploy serve/config.yaml
@@ -6,7 +6,10 @@
 
 Importing this module builds nothing and touches no cluster: `build_app` (the typed
 builder Serve calls with the `key=value` arguments or the config's `args`) validates them
-into `ServeSettings` and binds the two deployments.
+into `ServeSettings` and binds the deployments. The encoder is a separate deployment when
+it has a GPU and the ingress may scale out (a Qdrant server); otherwise (embedded store: one
+ingress replica; or CPU, where batching gains nothing) the ingress encodes queries itself,
+which saves a deployment hop and the batch wait per request (`encode_in_ingress`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.settings import default_collection
-from serve.encoder import ModelInfo, TextEncoder
+from serve.encoder import InlineEncoder, ModelInfo, TextEncoder
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class IngressConfig:
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 65536
     rerank_candidates: int = 100
+    checkpoint: str | None = None  # set: encode queries in the ingress (no encoder handle)
+    cache_size: int = 1024
 
     @classmethod
     def from_settings(cls, s: ServeSettings) -> IngressConfig:
@@ -58,6 +63,8 @@ class IngressConfig:
             cors_origins=list(s.cors_origins),
             max_body_bytes=s.max_body_bytes,
             rerank_candidates=s.rerank_candidates,
+            checkpoint=_absolute(s.checkpoint) if encodes_in_ingress(s) else None,
+            cache_size=s.cache_size,
         )
 
 
@@ -67,11 +74,14 @@ class SearchIngress:
     """HTTP ingress: the FastAPI app of `serve.api`, built once the model is known.
 
     Args:
-        encoder: handle to the `TextEncoder` deployment.
+        encoder: handle to the `TextEncoder` deployment; None: encode queries here
+            (`config.checkpoint`) with an `InlineEncoder`.
         config: store, media and HTTP settings.
     """
 
-    async def __init__(self, encoder: DeploymentHandle, config: IngressConfig) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, encoder: DeploymentHandle | None, config: IngressConfig
+    ) -> None:
         from pipelines.store import open_store
         from serve.api import ApiOptions
         from serve.media import MediaResolver
@@ -79,7 +89,18 @@ class SearchIngress:
         from serve.search import SearchService
 
         self.encoder = encoder
-        info = ModelInfo(**await encoder.info.remote())
+        self.inline: InlineEncoder | None = None
+        if encoder is None:
+            if not config.checkpoint:
+                raise ValueError("no encoder handle and no checkpoint to encode queries with")
+            self.inline = InlineEncoder(
+                config.checkpoint,
+                cache_size=config.cache_size,
+                s3_endpoint_url=config.s3_endpoint_url,
+            )
+            info = self.inline.info
+        else:
+            info = ModelInfo(**await encoder.info.remote())
         collection = config.collection or default_collection(info.model_id)
 
         def open_configured_store() -> Any:
@@ -90,7 +111,7 @@ class SearchIngress:
             )
 
         self.service = SearchService(
-            embed=self._embed,
+            embed=self.inline.embed if self.inline is not None else self._embed,
             info=info,
             open_store=open_configured_store,
             collection=collection,
@@ -105,9 +126,15 @@ class SearchIngress:
             max_body_bytes=config.max_body_bytes,
             metrics=RequestMetrics.create(),
         )
-        logger.info("search ingress ready: model %s, collection %s", info.model_id, collection)
+        logger.info(
+            "search ingress ready: model %s, collection %s, queries encoded %s",
+            info.model_id,
+            collection,
+            f"here ({info.device})" if self.inline is not None else "by TextEncoder",
+        )
 
     async def _embed(self, text: str) -> Any:
+        assert self.encoder is not None
         return await self.encoder.embed.remote(text)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -119,6 +146,9 @@ class SearchIngress:
         service = getattr(self, "service", None)
         if service is not None:
             service.close()
+        inline = getattr(self, "inline", None)
+        if inline is not None:
+            inline.close()
 
 
 def _absolute(path: str | None) -> str | None:
@@ -134,9 +164,25 @@ def _cluster_has_gpu() -> bool:
     return bool(ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0)
 
 
+def _use_gpu(s: ServeSettings) -> bool:
+    return s.use_gpu if s.use_gpu is not None else _cluster_has_gpu()
+
+
+def encodes_in_ingress(s: ServeSettings) -> bool:
+    """Whether the ingress encodes queries itself (no `TextEncoder` deployment).
+
+    Default: yes with an embedded store (a single ingress replica, so a separate encoder
+    only adds a hop) or without a GPU (batching gains nothing on CPU, and a lone query
+    would wait `batch_wait_timeout_s`); no with a Qdrant server and a GPU.
+    """
+    if s.encode_in_ingress is not None:
+        return s.encode_in_ingress
+    return not s.qdrant_url or not _use_gpu(s)
+
+
 def encoder_options(s: ServeSettings) -> dict[str, Any]:
     """Replica resources, autoscaling and batching of the text encoder deployment."""
-    use_gpu = s.use_gpu if s.use_gpu is not None else _cluster_has_gpu()
+    use_gpu = _use_gpu(s)
     return {
         "autoscaling_config": {
             "min_replicas": s.min_replicas,
@@ -150,9 +196,15 @@ def encoder_options(s: ServeSettings) -> dict[str, Any]:
 
 
 def ingress_options(s: ServeSettings) -> dict[str, Any]:
-    """One ingress replica with an embedded store (it has a single owner), else autoscaled."""
+    """One ingress replica with an embedded store (it has a single owner), else autoscaled.
+
+    An ingress that encodes queries also holds the encoder's CPUs (and GPU).
+    """
+    actor: dict[str, Any] = {"num_cpus": s.ingress_cpus}
+    if encodes_in_ingress(s):
+        actor = {"num_cpus": s.ingress_cpus + s.encoder_cpus, "num_gpus": 1 if _use_gpu(s) else 0}
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.ingress_cpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": s.max_ongoing_requests,
     }
     if s.qdrant_url and s.ingress_max_replicas > 1:
@@ -167,7 +219,11 @@ def ingress_options(s: ServeSettings) -> dict[str, Any]:
 
 
 def app_from_settings(s: ServeSettings) -> serve.Application:
-    """Bind the encoder and the ingress for `s` (nothing is deployed yet)."""
+    """Bind the ingress, and the encoder unless the ingress encodes (nothing is deployed yet)."""
+    ingress = cast(Deployment, SearchIngress).options(**ingress_options(s))
+    config = IngressConfig.from_settings(s)
+    if config.checkpoint is not None:
+        return ingress.bind(None, config)
     encoder = (
         cast(Deployment, TextEncoder)
         .options(**encoder_options(s))
@@ -179,11 +235,7 @@ def app_from_settings(s: ServeSettings) -> serve.Application:
             s3_endpoint_url=s.s3_endpoint_url,
         )
     )
-    return (
-        cast(Deployment, SearchIngress)
-        .options(**ingress_options(s))
-        .bind(encoder, IngressConfig.from_settings(s))
-    )
+    return ingress.bind(encoder, config)
 
 
 def build_app(args: dict[str, Any] | ServeSettings) -> serve.Application:

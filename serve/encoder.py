@@ -4,7 +4,8 @@
 padding trim and length grouping of `AdaCLIP.encode_text`. `TextEncoder` is the Serve
 deployment around it: concurrent requests are gathered into batches, repeated queries are
 answered from a per-replica LRU cache, and the model runs in a worker thread so that the
-replica's event loop keeps accepting requests while a batch computes.
+replica's event loop keeps accepting requests while a batch computes. `InlineEncoder` is the
+same cached encoding inside the ingress process (no batching, no deployment hop).
 """
 
 from __future__ import annotations
@@ -116,6 +117,54 @@ def local_checkpoint(checkpoint: str, s3_endpoint_url: str | None = None) -> str
 def normalize_query(text: str) -> str:
     """The text that is encoded and cached: surrounding whitespace does not matter."""
     return " ".join(text.split())
+
+
+class InlineEncoder:
+    """Cached query encoding in the caller's process: the ingress without an encoder hop.
+
+    No batching (on CPU a batch costs as much as its queries one by one, and a lone query
+    would wait for company) and one worker thread: concurrent queries queue for the model
+    instead of oversubscribing the replica's CPUs, and the event loop stays free.
+
+    Args:
+        checkpoint: checkpoint folder, local or `s3://`.
+        cache_size: query embeddings kept in the LRU cache (0: no cache).
+        s3_endpoint_url: S3-compatible endpoint for an `s3://` checkpoint.
+    """
+
+    def __init__(
+        self, checkpoint: str, cache_size: int = 1024, s3_endpoint_url: str | None = None
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from serve.metrics import EncoderMetrics
+
+        self.encoder = QueryEncoder(checkpoint, s3_endpoint_url=s3_endpoint_url)
+        self.info = self.encoder.info
+        self.cache = QueryCache(cache_size)
+        self.metrics = EncoderMetrics.create()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
+        self.encoder.encode(["warm up"])
+
+    def _encode_one(self, text: str) -> Vector:
+        start = time.perf_counter()
+        vector = self.encoder.encode([text])[0]  # (D,)
+        self.metrics.batch(1, time.perf_counter() - start)
+        return vector
+
+    async def embed(self, text: str) -> Vector:
+        """Unit embedding (D,) of one query."""
+        key = normalize_query(text)
+        vector = self.cache.get(key)
+        self.metrics.cache(vector is not None)
+        if vector is None:
+            loop = asyncio.get_running_loop()
+            vector = await loop.run_in_executor(self._executor, self._encode_one, key)
+            self.cache.put(key, vector)
+        return vector
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 @serve.deployment(name="TextEncoder", max_ongoing_requests=64)

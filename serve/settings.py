@@ -58,6 +58,13 @@ class ServeSettings(StoreSettings):
     use_gpu: bool | None = Field(
         None, description="give each encoder replica a GPU (default: when the cluster has one)"
     )
+    encode_in_ingress: bool | None = Field(
+        None,
+        description=(
+            "encode queries in the ingress process, without the batched encoder deployment"
+            " and its extra hop (default: with an embedded store or without a GPU)"
+        ),
+    )
     max_batch_size: int = Field(16, ge=1, description="queries per text encoder batch (1: off)")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="how long a batch waits to fill up, seconds"

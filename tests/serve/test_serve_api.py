@@ -393,6 +393,35 @@ def test_settings_and_builder(
     assert remote["autoscaling_config"]["max_replicas"] == 2
 
 
+def test_where_queries_are_encoded() -> None:
+    """The ingress encodes unless a GPU encoder serves scaled-out ingresses (Qdrant server)."""
+    from serve.app import IngressConfig, app_from_settings, encodes_in_ingress, ingress_options
+
+    def deployments(s: ServeSettings) -> set[str]:
+        ingress = app_from_settings(s)._bound_deployment
+        encoder = ingress.init_args[0]  # the encoder's Application, or None
+        return {ingress.name} | ({encoder._bound_deployment.name} if encoder else set())
+
+    server, gpu = {"qdrant_url": "http://q:6333"}, {"use_gpu": True}
+    cases = [({}, True), (gpu, True), (server, True), ({**server, **gpu}, False)]
+    for extra, inline in cases:
+        s = ServeSettings(checkpoint="c", encoder_cpus=1.5, ingress_cpus=0.25, **extra)
+        assert encodes_in_ingress(s) is inline, extra
+        config = IngressConfig.from_settings(s)
+        assert (config.checkpoint is not None) is inline and config.cache_size == s.cache_size
+        actor = ingress_options(s)["ray_actor_options"]
+        assert actor["num_cpus"] == (1.75 if inline else 0.25), extra
+        assert actor.get("num_gpus", 0) == (1 if inline and s.use_gpu else 0), extra
+        want = {"SearchIngress"} if inline else {"SearchIngress", "TextEncoder"}
+        assert deployments(s) == want, extra
+    forced = ServeSettings(checkpoint="c", encode_in_ingress=False)
+    assert not encodes_in_ingress(forced)
+    assert deployments(forced) == {"SearchIngress", "TextEncoder"}
+    assert encodes_in_ingress(
+        ServeSettings(checkpoint="c", encode_in_ingress=True, **server, **gpu)
+    )
+
+
 def test_config_yaml_is_a_valid_deploy_config() -> None:
     from ray.serve.schema import ServeDeploySchema
 

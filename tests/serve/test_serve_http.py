@@ -328,18 +328,26 @@ def test_browser_searches_and_plays_from_the_moment(server: Server) -> None:
 
 
 def test_api_key_enforced_when_configured(server: Server) -> None:
-    """Last: redeploys the application with a key (all tests above ran without one)."""
+    """Last: redeploys the application with a key (all tests above ran without one), and
+    with the separate batched `TextEncoder` deployment (the tests above encoded in the
+    ingress, the default with an embedded store): same results through the handle."""
     from ray import serve
 
     from serve.app import build_app
 
-    serve.run(build_app({**server.args, "api_key": KEY}), name=APP, route_prefix="/")
+    args = {**server.args, "api_key": KEY, "encode_in_ingress": False}
+    serve.run(build_app(args), name=APP, route_prefix="/")
     wait_ready(server.url)  # /readyz is open, and the new ingress owns the index now
+    assert "TextEncoder" in serve.status().applications[APP].deployments
     body = {"query": "a red circle", "top_k": 3}
     assert search(server.url, body).status_code == 401
     assert search(server.url, body, headers={"X-API-Key": "wrong"}).status_code == 401
     r = search(server.url, body, headers={"X-API-Key": KEY})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
+    for (query, rerank), want in server.expected.items():
+        body = {"query": query, "top_k": 5, "rerank": rerank}
+        got = search(server.url, body, headers={"X-API-Key": KEY}).json()["results"]
+        assert [h["video_id"] for h in got] == [h["video_id"] for h in want], query
     media = r.json()["results"][0]["media_url"]
     assert httpx.get(server.url + media, timeout=10).status_code == 401
     assert httpx.get(f"{server.url}{media}?api_key={KEY}", timeout=10).status_code == 200
