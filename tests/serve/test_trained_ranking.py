@@ -91,6 +91,6 @@ def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -
         # and first far more often than chance (a strict top-1 majority holds in some runs
         # only: the tiny model trains for two minutes on 64 videos).
         assert top3 / n > 0.5, f"top-3 {top3}/{n}"
-        assert top1 / n >= 3 / n * 1.0 and top1 >= 3, f"top-1 {top1}/{n} (chance 1/{n})"
+        assert top1 >= 3, f"top-1 {top1}/{n}: not 3x chance (1/{n})"
     finally:
         serve.shutdown()  # later tests start Serve with their own HTTP options
