@@ -184,6 +184,15 @@ class Row:
     frames: FloatArray | None = None  # (K, D)
 
 
+def row_from_point(point: Any, with_frames: bool = False) -> Row:
+    """A backend's point (qdrant-edge or qdrant-client: same attributes) as a `Row`."""
+    frames = None
+    if with_frames:
+        frames = np.asarray(point.vector[FRAMES_VECTOR], dtype=np.float32)  # (K, D)
+    score = float(getattr(point, "score", 0.0))
+    return Row(str(point.id), dict(point.payload or {}), score, frames)
+
+
 def row_to_hit(row: Row) -> SearchHit:
     payload = {k: v for k, v in row.payload.items() if k not in INTERNAL_FIELDS}
     return SearchHit(

@@ -14,9 +14,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 
 from pipelines.store.base import (
@@ -28,6 +26,7 @@ from pipelines.store.base import (
     Point,
     Row,
     VideoStore,
+    row_from_point,
 )
 
 DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
@@ -51,14 +50,6 @@ def _edge_filter(flt: Filter) -> qe.Filter | None:
     if not flt:
         return None
     return qe.Filter(must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in flt])
-
-
-def _row(point: Any, with_frames: bool = False) -> Row:
-    frames = None
-    if with_frames:
-        frames = np.asarray(point.vector[FRAMES_VECTOR], dtype=np.float32)  # (K, D)
-    score = float(getattr(point, "score", 0.0))
-    return Row(str(point.id), dict(point.payload or {}), score, frames)
 
 
 class EdgeVideoStore(VideoStore):
@@ -121,7 +112,7 @@ class EdgeVideoStore(VideoStore):
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
     def _retrieve(self, ids: Sequence[str]) -> list[Row]:
-        return [_row(p) for p in self._require().retrieve(list(ids), True, False)]
+        return [row_from_point(p) for p in self._require().retrieve(list(ids), True, False)]
 
     def _scroll(
         self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
@@ -133,7 +124,9 @@ class EdgeVideoStore(VideoStore):
             offset=offset, limit=limit, filter=_edge_filter(flt), with_payload=payload
         )
         points, next_offset = self._require().scroll(request)
-        return [_row(p) for p in points], (None if next_offset is None else str(next_offset))
+        return [row_from_point(p) for p in points], (
+            None if next_offset is None else str(next_offset)
+        )
 
     def _query(
         self, q: FloatArray, limit: int, offset: int, flt: Filter, with_frames: bool
@@ -146,7 +139,7 @@ class EdgeVideoStore(VideoStore):
             with_payload=True,
             with_vector=[FRAMES_VECTOR] if with_frames else False,
         )
-        return [_row(p, with_frames) for p in self._require().query(request)]
+        return [row_from_point(p, with_frames) for p in self._require().query(request)]
 
     def _count_points(self) -> int:
         return self._require().count(qe.CountRequest(exact=True))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
@@ -25,6 +23,7 @@ from pipelines.store.base import (
     Point,
     Row,
     VideoStore,
+    row_from_point,
 )
 
 _UPSERT_BATCH = 64  # ~13 x 512 floats a point: a few MB of JSON a request
@@ -47,14 +46,6 @@ def _client_filter(flt: Filter) -> qm.Filter | None:
     if not flt:
         return None
     return qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in flt])
-
-
-def _row(point: Any, with_frames: bool = False) -> Row:
-    frames = None
-    if with_frames:
-        frames = np.asarray(point.vector[FRAMES_VECTOR], dtype=np.float32)  # (K, D)
-    score = float(getattr(point, "score", 0.0))
-    return Row(str(point.id), dict(point.payload or {}), score, frames)
 
 
 class ServerVideoStore(VideoStore):
@@ -132,7 +123,7 @@ class ServerVideoStore(VideoStore):
         points = self._client.retrieve(
             self._require(), list(ids), with_payload=True, with_vectors=False
         )
-        return [_row(p) for p in points]
+        return [row_from_point(p) for p in points]
 
     def _scroll(
         self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
@@ -145,7 +136,9 @@ class ServerVideoStore(VideoStore):
             with_payload=True if fields is None else fields,
             with_vectors=False,
         )
-        return [_row(p) for p in points], (None if next_offset is None else str(next_offset))
+        return [row_from_point(p) for p in points], (
+            None if next_offset is None else str(next_offset)
+        )
 
     def _query(
         self, q: FloatArray, limit: int, offset: int, flt: Filter, with_frames: bool
@@ -160,7 +153,7 @@ class ServerVideoStore(VideoStore):
             with_payload=True,
             with_vectors=[FRAMES_VECTOR] if with_frames else False,
         )
-        return [_row(p, with_frames) for p in response.points]
+        return [row_from_point(p, with_frames) for p in response.points]
 
     def _count_points(self) -> int:
         return self._client.count(self._require(), exact=True).count
