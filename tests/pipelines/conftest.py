@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,3 +51,38 @@ def make_bucket_fixture(s3_endpoint: str) -> Callable[[str, str], Any]:
 def bucket_name() -> str:
     """A fresh bucket name per test (the moto server is shared by the whole session)."""
     return f"test-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained AdaCLIP checkpoint folder (deterministic weights)."""
+    import torch
+
+    from adaclip.checkpoint import save_checkpoint
+    from adaclip.config import tiny_config
+    from adaclip.model import AdaCLIP
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(AdaCLIP(tiny_config()), out)
+    return out
+
+
+def index_settings(source: str | Path, tmp: Path, checkpoint: Path, **kw: Any) -> Any:
+    """Index-job settings sized for tests: 64 px frames, small batches, store under `tmp`."""
+    from pipelines.settings import IndexSettings
+
+    base: dict[str, Any] = {
+        "source": str(source),
+        "checkpoint": str(checkpoint),
+        "qdrant_path": str(tmp / "qdrant"),
+        "collection": "videos",
+        "output": str(tmp / "job"),
+        "frame_size": 64,
+        "decode_actors": 1,
+        "decode_batch_size": 2,
+        "model_batch_size": 4,
+        "upsert_batch_size": 2,
+    }
+    base.update(kw)
+    return IndexSettings(**base)

@@ -21,8 +21,8 @@ from adaclip.decode import decode_candidates
 from adaclip.model import AdaCLIP
 from adaclip.synth import generate_dataset
 from pipelines.index import IndexSummary, main, run_index
-from pipelines.settings import IndexSettings
 from pipelines.store import ModelMismatchError, open_store
+from tests.pipelines.conftest import index_settings
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -36,35 +36,10 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(AdaCLIP(tiny_config()), out)
-    return out
-
-
-def _settings(source: Path | str, tmp: Path, checkpoint: Path, **kw: Any) -> IndexSettings:
-    base: dict[str, Any] = {
-        "source": str(source),
-        "checkpoint": str(checkpoint),
-        "qdrant_path": str(tmp / "qdrant"),
-        "collection": "videos",
-        "output": str(tmp / "job"),
-        "frame_size": 64,
-        "decode_actors": 1,
-        "decode_batch_size": 2,
-        "model_batch_size": 4,
-        "upsert_batch_size": 2,
-    }
-    base.update(kw)
-    return IndexSettings(**base)
-
-
 def test_index_local_folder_then_rerun_skips(
     ray_cluster: Any, videos: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    summary = run_index(_settings(videos, tmp_path, checkpoint))
+    summary = run_index(index_settings(videos, tmp_path, checkpoint))
     assert (summary.listed, summary.indexed, summary.failed, summary.skipped) == (7, 6, 1, 0)
     assert summary.failed_by_reason == {"NotAMediaFileError": 1}
     failures = [
@@ -91,19 +66,19 @@ def test_index_local_folder_then_rerun_skips(
     finally:
         store.close()
 
-    again = run_index(_settings(videos, tmp_path, checkpoint))
+    again = run_index(index_settings(videos, tmp_path, checkpoint))
     assert (again.listed, again.skipped, again.indexed, again.failed) == (7, 6, 0, 1)
 
 
 def test_index_refuses_another_models_collection(
     ray_cluster: Any, videos: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    run_index(_settings(videos, tmp_path, checkpoint, limit=2))
+    run_index(index_settings(videos, tmp_path, checkpoint, limit=2))
     torch.manual_seed(1)
     other = tmp_path / "other"
     save_checkpoint(AdaCLIP(tiny_config()), other)
     with pytest.raises(ModelMismatchError, match="use another --collection"):
-        run_index(_settings(videos, tmp_path, other, limit=2))
+        run_index(index_settings(videos, tmp_path, other, limit=2))
 
 
 def test_index_s3_bucket(
@@ -116,7 +91,7 @@ def test_index_s3_bucket(
         client.upload_file(str(path), "media", f"clips/{path.name}")
     client.put_object(Bucket="media", Key="clips/readme.txt", Body=b"not a video")
     summary = run_index(
-        _settings("s3://media/clips/", tmp_path, checkpoint, s3_endpoint_url=s3_endpoint)
+        index_settings("s3://media/clips/", tmp_path, checkpoint, s3_endpoint_url=s3_endpoint)
     )
     assert (summary.listed, summary.indexed) == (3, 3)
     store = open_store(qdrant_path=str(tmp_path / "qdrant"))
@@ -133,7 +108,7 @@ def test_killed_job_resumes_without_duplicates(
     ray_cluster: Any, videos: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
     address = ray_cluster.get_runtime_context().gcs_address
-    settings = _settings(videos, tmp_path, checkpoint, upsert_batch_size=1, model_batch_size=1)
+    settings = index_settings(videos, tmp_path, checkpoint, upsert_batch_size=1, model_batch_size=1)
     args = [
         sys.executable, "-m", "pipelines.index", str(videos),
         "--checkpoint", str(checkpoint), "--qdrant-path", settings.qdrant_path or "",
@@ -201,7 +176,9 @@ def test_index_frames_folders_match_video_path(
                 Image.fromarray(frame.to_ndarray(format="rgb24")).save(
                     out / f"image_{i + 1:05d}.jpg", quality=95
                 )
-    summary = run_index(_settings(frames_root, tmp_path, checkpoint, frames_dir=True, frames_fps=8))
+    summary = run_index(
+        index_settings(frames_root, tmp_path, checkpoint, frames_dir=True, frames_fps=8)
+    )
     assert (summary.listed, summary.indexed, summary.failed) == (2, 2, 0)
     assert summary.gflops_per_video > 0 and summary.gflops_per_video_no_policy > 0
     store = open_store(qdrant_path=str(tmp_path / "qdrant"))

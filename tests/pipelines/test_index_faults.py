@@ -28,18 +28,15 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
-from adaclip.checkpoint import save_checkpoint
 from adaclip.config import tiny_config
 from adaclip.decode import decode_candidates
-from adaclip.model import AdaCLIP
 from adaclip.synth import generate_dataset
 from pipelines.index import main, run_index
-from pipelines.settings import IndexSettings
 from pipelines.store import open_store
+from tests.pipelines.conftest import index_settings
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -56,14 +53,6 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("good")
     generate_dataset(root, num_videos=NUM_GOOD, seed=11, frames_per_video=16)
     return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(AdaCLIP(tiny_config()), out)
-    return out
 
 
 def _image_bytes(fmt: str) -> bytes:
@@ -101,23 +90,6 @@ def corrupt_objects(good: bytes) -> dict[str, tuple[bytes, set[str]]]:
         "jpeg_image.mp4": (_image_bytes("JPEG"), {"NoVideoStreamError"}),
         "audio_only.mp4": (_audio_only_mp4(), {"NoVideoStreamError"}),
     }
-
-
-def _settings(source: str | Path, tmp: Path, checkpoint: Path, **kw: Any) -> IndexSettings:
-    base: dict[str, Any] = {
-        "source": str(source),
-        "checkpoint": str(checkpoint),
-        "qdrant_path": str(tmp / "qdrant"),
-        "collection": "videos",
-        "output": str(tmp / "job"),
-        "frame_size": 64,
-        "decode_actors": 1,
-        "decode_batch_size": 2,
-        "model_batch_size": 4,
-        "upsert_batch_size": 4,
-    }
-    base.update(kw)
-    return IndexSettings(**base)
 
 
 def _failures(output: Path) -> list[dict[str, str]]:
@@ -164,8 +136,12 @@ def test_s3_bucket_with_corrupt_videos(
         for obj in client.list_objects_v2(Bucket=bucket_name)["Contents"]
     }
 
-    settings = _settings(
-        f"s3://{bucket_name}/clips/", tmp_path, checkpoint, s3_endpoint_url=s3_endpoint
+    settings = index_settings(
+        f"s3://{bucket_name}/clips/",
+        tmp_path,
+        checkpoint,
+        s3_endpoint_url=s3_endpoint,
+        upsert_batch_size=4,
     )
     summary = run_index(settings)
     total = NUM_GOOD + len(bad)
