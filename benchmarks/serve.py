@@ -243,22 +243,6 @@ def load(
     return asyncio.run(_load(url, queries, concurrency, timeout_s, local))
 
 
-def wait_ready(url: str, timeout_s: float = 180.0) -> None:
-    import httpx
-
-    deadline, last = time.monotonic() + timeout_s, ""
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=10)
-            if r.status_code == 200:
-                return
-            last = r.text
-        except httpx.HTTPError as err:
-            last = repr(err)
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {timeout_s:.0f}s: {last}")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,7 +262,7 @@ def serve_config(
     """Deploy with `max_batch_size=batch`, run the two loads, delete the app."""
     from ray import serve
 
-    from serve.cli import start_server
+    from serve.cli import start_server, wait_ready
     from serve.settings import ServeSettings
 
     settings = ServeSettings(
@@ -297,7 +281,7 @@ def serve_config(
     )
     t = time.perf_counter()
     url = start_server(settings)
-    wait_ready(url)
+    wait_ready(url, timeout_s=180.0)
     deploy_s = time.perf_counter() - t
     try:
         load(url, [f"warm up request {i}" for i in range(20)], 4)  # not captions

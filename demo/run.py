@@ -160,7 +160,7 @@ def serve_and_query(
     """Start the search API, send caption queries over HTTP, print the top results."""
     from ray import serve
 
-    from serve.cli import start_server
+    from serve.cli import start_server, wait_ready
     from serve.settings import ServeSettings
 
     serve_settings = ServeSettings(
@@ -173,7 +173,7 @@ def serve_and_query(
         max_replicas=1,
     )
     url = start_server(serve_settings)
-    _wait_ready(url)
+    wait_ready(url)
     answers = []
     for video_id, entry in list(test.items())[: settings.queries]:
         caption = entry["sentences"][0]
@@ -202,20 +202,6 @@ def serve_and_query(
         )
     serve.delete(serve_settings.app_name)
     return answers
-
-
-def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the search API at {url} did not become ready")
-        time.sleep(1.0)
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:

@@ -49,6 +49,27 @@ def start_server(settings: ServeSettings) -> str:
     return f"http://{http.host}:{http.port}{prefix}"
 
 
+def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> None:
+    """Poll ``url``/readyz until it answers 200.
+
+    Raises:
+        TimeoutError: not ready within ``timeout_s``, with the last answer or error.
+    """
+    deadline, last = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(f"{url}/readyz", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as err:
+            last = f"HTTP {err.code}: {err.read()[:200]!r}"
+        except OSError as err:
+            last = repr(err)
+        time.sleep(0.5)
+    raise TimeoutError(f"the search API at {url} was not ready after {timeout_s:.0f}s: {last}")
+
+
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """`adaclip serve --checkpoint DIR [--collection NAME] [--qdrant-path DIR | --qdrant-url URL]
     [--host H] [--port P]`: run the search server until interrupted."""

@@ -21,6 +21,8 @@ import httpx
 import pytest
 from serve_fixtures import IndexedVideos
 
+from serve.cli import wait_ready
+
 pytestmark = pytest.mark.integration
 
 APP = "adaclip_test"
@@ -91,21 +93,6 @@ def direct_results(indexed: IndexedVideos, qdrant_path: Path) -> tuple[dict, dic
     finally:
         store.close()
     return expected, records
-
-
-def wait_ready(url: str, headers: dict[str, str] | None = None, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/readyz", headers=headers, timeout=10)
-            if r.status_code == 200:
-                return
-            last = r.text
-        except httpx.HTTPError as err:
-            last = repr(err)
-        time.sleep(0.5)
-    raise AssertionError(f"server not ready after {timeout_s}s: {last}")
 
 
 @pytest.fixture(scope="module")
