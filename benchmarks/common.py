@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 SHARED_ANNOTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "annots"
 
@@ -75,3 +76,25 @@ def print_table(rows: Sequence[dict[str, str]]) -> None:
 def verdict(ok: bool) -> str:
     """How a target check reads in the output."""
     return "MET" if ok else "NOT MET"
+
+
+def synthetic_records(video: Any, frames: Any, start: int, model_id: str) -> list[Any]:
+    """Store records for benchmark vectors: video (B, D), frames (B, K, D), ids from ``start``."""
+    from pipelines.store import VideoRecord
+
+    k = frames.shape[1]
+    return [
+        VideoRecord(
+            uri=f"s3://bench/d{(start + i) % 100}/v{start + i}.mp4",
+            video_id=f"v{start + i}",
+            etag="x",
+            size_bytes=1,
+            duration_s=float(k),
+            video_vector=video[i],
+            frame_vectors=frames[i],
+            frame_ts=[0.5 + j for j in range(k)],
+            frame_weights=[1.0 / k] * k,
+            model_id=model_id,
+        )
+        for i in range(len(video))
+    ]

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import load_average, machine, msrvtt_test_captions
+from benchmarks.common import load_average, machine, msrvtt_test_captions, synthetic_records
 
 APP = "adaclip-bench"
 
@@ -93,7 +93,7 @@ def build_index(
 ) -> tuple[float, float]:
     """Upsert `n` videos of `k` unit frame vectors (shared direction + 200 topics + noise,
     like real CLIP embeddings) and optimize; (upsert seconds, optimize seconds)."""
-    from pipelines.store import VideoRecord, open_store
+    from pipelines.store import open_store
 
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(dim, dtype=np.float32)
@@ -110,21 +110,7 @@ def build_index(
             frames /= np.linalg.norm(frames, axis=-1, keepdims=True)  # (B, K, D)
             pooled = frames.mean(axis=1)
             pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)  # (B, D)
-            records = [
-                VideoRecord(
-                    uri=f"s3://bench/d{(start + i) % 100}/v{start + i}.mp4",
-                    video_id=f"v{start + i}",
-                    etag="x",
-                    size_bytes=1,
-                    duration_s=float(k),
-                    video_vector=pooled[i],
-                    frame_vectors=frames[i],
-                    frame_ts=[0.5 + j for j in range(k)],
-                    frame_weights=[1.0 / k] * k,
-                    model_id=model_id,
-                )
-                for i in range(b)
-            ]
+            records = synthetic_records(pooled, frames, start, model_id)
             t = time.perf_counter()
             store.upsert(records)
             upsert_s += time.perf_counter() - t

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from benchmarks.common import synthetic_records
 from pipelines.store import EdgeVideoStore, VideoRecord, VideoStore
 from pipelines.store.server import ServerVideoStore
 
@@ -72,22 +73,7 @@ def batches(data: Data, n: int, k: int) -> Iterator[tuple[np.ndarray, list[Video
         b = min(BATCH, n - start)
         frames = data.frames(b, k)  # (B, K, D)
         video = frames.mean(axis=1)  # (B, D)
-        ts = [0.5 + i for i in range(k)]
-        records = [
-            VideoRecord(
-                uri=f"s3://bench/d{(start + i) % 100}/v{start + i}.mp4",
-                video_id=f"v{start + i}",
-                etag="x",
-                size_bytes=1,
-                duration_s=float(k),
-                video_vector=video[i],
-                frame_vectors=frames[i],
-                frame_ts=ts,
-                frame_weights=[1.0 / k] * k,
-                model_id="bench",
-            )
-            for i in range(b)
-        ]
+        records = synthetic_records(video, frames, start, "bench")
         yield video, records
 
 
