@@ -227,3 +227,24 @@ def _resize(image: np.ndarray, out_hw: tuple[int, int], mode: ResizeMode) -> np.
         return image
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
     return _frame_to_rgb(frame, out_hw, mode, None, None)
+
+
+def extract_frames(
+    video: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    template: str = "image_{:05d}.jpg",
+) -> int:
+    """The paper's frame extraction: every decoded frame to a JPEG, 1-based 5-digit names.
+
+    Writes ``folder`` (created; must not exist) in the layout ``decode_candidates_from_frames``
+    and ``--frames-dir`` read. Returns the number of frames written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    count = 0
+    with av.open(str(video)) as container:
+        for count, frame in enumerate(container.decode(video=0), start=1):
+            Image.fromarray(frame.to_ndarray(format="rgb24")).save(
+                folder / template.format(count), quality=95
+            )
+    return count

@@ -5,26 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from adaclip.decode import CorruptVideoError, DecodeError, EmptyVideoError, decode_candidates
-from adaclip.frames_dir import decode_candidates_from_frames, frame_indices, list_frames
+from adaclip.frames_dir import (
+    decode_candidates_from_frames,
+    extract_frames,
+    frame_indices,
+    list_frames,
+)
 from adaclip.synth import paint_frame, paint_index_video, read_painted_index
-
-
-def extract_frames(video: Path, folder: Path, template: str = "image_{:05d}.jpg") -> int:
-    """The paper's extraction: every decoded frame to a JPEG, 1-based 5-digit names."""
-    folder.mkdir(parents=True)
-    count = 0
-    with av.open(str(video)) as container:
-        for count, frame in enumerate(container.decode(video=0), start=1):
-            Image.fromarray(frame.to_ndarray(format="rgb24")).save(
-                folder / template.format(count), quality=95
-            )
-    return count
 
 
 def brute_force_picks(m: int, n: int) -> list[int]:

@@ -161,21 +161,13 @@ def test_elastic_run_starts_with_the_workers_that_fit(
 def test_do_inference_from_frame_folders_reports_gflops(
     first_run: Any, synth_root: Path, work: Path
 ) -> None:
-    import av
-    from PIL import Image
-
+    from adaclip.frames_dir import extract_frames
     from train.inference import run_inference
 
     frames_root = work / "frames"
     val = json.loads((synth_root / "val.json").read_text())
     for video_id in val:
-        out = frames_root / video_id
-        out.mkdir(parents=True)
-        with av.open(str(synth_root / f"{video_id}.mp4")) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                Image.fromarray(frame.to_ndarray(format="rgb24")).save(
-                    out / f"image_{i + 1:05d}.jpg", quality=95
-                )
+        extract_frames(synth_root / f"{video_id}.mp4", frames_root / video_id)
     s = settings(
         *flags(frames_root, work, "infer-frames"),
         "--annotations", str(synth_root), "--frames-dir", "--frames-fps", "8",
