@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "write an untrained AdaCLIP checkpoint folder",
     ),
     "index": ("pipelines.index", "main", "bulk-index videos (s3://, folder, manifest) into Qdrant"),
+    "ls": ("pipelines.ls", "main", "list the videos of an index (uri, etag, duration, model)"),
     "demo": ("demo.run", "main", "synthesise, train, index and search end to end (a few minutes)"),
     "synth": ("adaclip.commands", "synth_main", "generate a synthetic captioned video set"),
     "prepare": ("adaclip.prepare", "prepare_main", "build split files from original annotations"),

@@ -21,6 +21,7 @@ from pipelines.settings import JobSettings, settings_reference
 ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("adaclip demo", "demo.run:DemoSettings"),
     ("adaclip index", "pipelines.settings:IndexSettings"),
+    ("adaclip ls", "pipelines.ls:LsSettings"),
     ("adaclip train", "train.settings:TrainSettings"),
     ("adaclip eval", "train.settings:EvalSettings"),
     ("adaclip serve", "serve.settings:ServeSettings"),

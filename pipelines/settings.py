@@ -118,12 +118,13 @@ def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, An
             positional = any(
                 getattr(m, "__name__", "") == "_CliPositionalArg" for m in field.metadata
             )
+            flag_name = field.alias or name  # an alias is the flag and the variable
             rows.append(
                 {
                     "settings": model.__name__,
-                    "flag": name.upper() if positional else "--" + name.replace("_", "-"),
+                    "flag": name.upper() if positional else "--" + flag_name.replace("_", "-"),
                     "positional": positional,
-                    "env": "ADACLIP_" + name.upper(),
+                    "env": flag_name.upper() if field.alias else "ADACLIP_" + name.upper(),
                     "default": None
                     if field.is_required()
                     else field.get_default(call_default_factory=True),

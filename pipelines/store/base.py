@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ VIDEO_VECTOR = "video"
 FRAMES_VECTOR = "frames"
 INDEXED_FIELDS = ("uri", "video_id", "model_id", "uri_prefixes")
 INTERNAL_FIELDS = ("uri_prefixes", "frame_norms")
+# What `adaclip ls` shows of each video.
+LISTED_FIELDS = ("uri", "video_id", "etag", "duration_s", "model_id", "indexed_at")
 SCROLL_PAGE = 1024
 
 Filter = tuple[tuple[str, str], ...]  # AND of exact keyword matches (key, value)
@@ -322,18 +324,27 @@ class VideoStore(abc.ABC):
 
     def indexed_etags(self, uri_prefix: str | None = None) -> dict[str, str]:
         """uri -> etag of every indexed video (under `uri_prefix` if given)."""
+        return {
+            p["uri"]: str(p.get("etag", "")) for p in self.iter_videos(uri_prefix, ["uri", "etag"])
+        }
+
+    def iter_videos(
+        self, uri_prefix: str | None = None, fields: Sequence[str] = LISTED_FIELDS
+    ) -> Iterator[dict[str, Any]]:
+        """The payload `fields` of every indexed video (under `uri_prefix`), page by page."""
+        _ = self.collection  # raises when unbound
         exact, post = prefix_filter(uri_prefix)
         flt: Filter = (("uri_prefixes", exact),) if exact else ()
-        out: dict[str, str] = {}
+        wanted = list(dict.fromkeys(["uri", *fields]))
         offset: str | None = None
         while True:
-            rows, offset = self._scroll(flt, ["uri", "etag"], offset, SCROLL_PAGE)
+            rows, offset = self._scroll(flt, wanted, offset, SCROLL_PAGE)
             for r in rows:
                 uri = r.payload.get("uri")
                 if r.id != META_POINT_ID and uri and (post is None or uri.startswith(post)):
-                    out[uri] = str(r.payload.get("etag", ""))
+                    yield {f: r.payload.get(f) for f in wanted}
             if offset is None:
-                return out
+                return
 
     def search(
         self,

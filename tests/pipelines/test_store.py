@@ -22,7 +22,7 @@ from pipelines.store import (
     qscore_rerank,
     uri_dir_prefixes,
 )
-from pipelines.store.base import META_POINT_ID, prefix_filter
+from pipelines.store.base import LISTED_FIELDS, META_POINT_ID, prefix_filter
 from pipelines.store.server import ServerVideoStore
 
 D, K = 16, 4
@@ -160,6 +160,27 @@ def test_indexed_etags(store: VideoStore, rng: np.random.Generator) -> None:
     assert set(store.indexed_etags("s3://b/a/")) == set(uris[:2])
     assert set(store.indexed_etags("s3://b/a")) == set(uris[:3])  # str.startswith semantics
     assert store.indexed_etags("s3://nope/") == {}
+
+
+LS_URIS = ["s3://b/x/2.mp4", "s3://b/x/1.mp4", "s3://b/y/3.mp4"]
+
+
+def test_iter_videos_lists_payload_fields(store: VideoStore, rng: np.random.Generator) -> None:
+    store.upsert([make_record(rng, u, etag=f"e{i}") for i, u in enumerate(LS_URIS)])
+    rows = sorted(store.iter_videos(), key=lambda r: r["uri"])
+    assert [r["uri"] for r in rows] == sorted(LS_URIS)
+    assert all(set(r) == set(LISTED_FIELDS) for r in rows)
+    by_uri = {r["uri"]: r for r in rows}
+    assert by_uri["s3://b/y/3.mp4"]["etag"] == "e2"
+    assert by_uri["s3://b/x/1.mp4"]["video_id"] == "1"
+    assert all(r["model_id"] == MODEL and r["duration_s"] == 10.0 for r in rows)
+    assert all(r["indexed_at"] for r in rows)
+    assert {r["uri"] for r in store.iter_videos("s3://b/x/")} == set(LS_URIS[:2])
+
+
+def test_iter_videos_needs_a_bound_collection(tmp_path: Path) -> None:
+    with EdgeVideoStore(tmp_path / "q") as unbound, pytest.raises(RuntimeError):
+        next(unbound.iter_videos())
 
 
 def test_search_nearest_with_cosine_scores(store: VideoStore, rng: np.random.Generator) -> None:

@@ -1,0 +1,59 @@
+"""``adaclip ls``: the table, the JSON lines and the error of the command (embedded store).
+
+The store's own listing (`iter_videos`) is tested on both backends in test_store.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaclip.cli import main as adaclip_main
+from pipelines.store import EdgeVideoStore
+from pipelines.store.base import LISTED_FIELDS
+from tests.pipelines.test_store import MODEL, make_record
+
+URIS = ["s3://b/x/2.mp4", "s3://b/x/1.mp4", "s3://b/y/3.mp4"]
+
+
+@pytest.fixture
+def filled_index(tmp_path: Path) -> Path:
+    path = tmp_path / "qdrant"
+    with EdgeVideoStore(path) as s:
+        s.ensure_collection("videos", 16, 4, MODEL)
+        gen = np.random.default_rng(1)
+        s.upsert([make_record(gen, u, etag=f"e{i}") for i, u in enumerate(URIS)])
+    return path
+
+
+def test_ls_table_and_count(filled_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = adaclip_main(["ls", "--collection", "videos", "--qdrant-path", str(filled_index)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].split() == ["URI", "ETAG", "DURATION_S", "MODEL_ID", "INDEXED_AT"]
+    assert [line.split()[0] for line in out[1:-1]] == sorted(URIS)  # sorted by URI
+    assert out[1].split()[1:4] == ["e1", "10.00", MODEL]
+    assert out[-1] == "3 videos in videos"
+
+
+def test_ls_json_lines(filled_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["ls", "--collection", "videos", "--qdrant-path", str(filled_index), "--json"]
+    argv += ["--uri-prefix", "s3://b/x/"]
+    assert adaclip_main(argv) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["uri"] for r in rows] == ["s3://b/x/1.mp4", "s3://b/x/2.mp4"]
+    assert all(set(r) == set(LISTED_FIELDS) for r in rows)
+    assert captured.err.strip() == "2 videos in videos"
+
+
+def test_ls_missing_collection_is_one_line_error(
+    filled_index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = adaclip_main(["ls", "--collection", "nope", "--qdrant-path", str(filled_index)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("adaclip ls:") and "nope" in err and "\n" not in err
