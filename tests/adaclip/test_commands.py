@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adaclip.checkpoint import load_checkpoint, read_checkpoint_config
-from adaclip.cli import main
+from adaclip.cli import SUBCOMMANDS, main
 from adaclip.config import tiny_config
 from adaclip.model import AdaCLIP
 
@@ -54,3 +54,23 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert main(["nope"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main([]) == 0 and "index" in capsys.readouterr().out
+
+
+def test_subcommand_help_comes_from_its_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ls", "--help"])  # click passes --help through to the settings parser
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: adaclip ls") and "--collection" in out and "--json" in out
+
+
+def test_group_lists_commands_in_order_and_rejects_bad_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("Commands:")[1].splitlines()
+    names = [line.split()[0] for line in listed if line.startswith("  ") and line[2] != " "]
+    assert names == list(SUBCOMMANDS)
+    assert main(["--bogus"]) == 2
+    assert "--bogus" in capsys.readouterr().err
