@@ -6,9 +6,12 @@ seekable binary file: small S3 objects in memory, large ones spooled to a temp f
 disk that is removed when the context exits, local files opened in place.
 
 Errors become a :class:`FetchError` subclass carrying the ``uri`` and a short ``reason``
-(``not_found``, ``access_denied``, ``transient``, ...) that failure reports count by.
-Transient storage errors (throttling, 5xx, dropped connections, timeouts) are retried with
-exponential backoff and jitter; missing objects and permission errors are not.
+(``not_found``, ``access_denied``, ``transient``, ``changed``, ...) that failure reports count
+by. Retries are botocore's: its "standard" retry mode re-sends a request after throttling,
+5xx answers and connection errors before a response, with exponential backoff and jitter;
+missing objects and permission errors are not retried. botocore does not retry a body whose
+connection drops half-way, so the one retry written here resumes such a body with a ranged
+GET pinned to the object's ETag (``If-Match``), never stitching two versions together.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -73,6 +77,7 @@ TRANSIENT_CODES = frozenset(
     }
 )
 TRANSIENT_HTTP_STATUS = frozenset({429, 500, 502, 503, 504})
+CHANGED_CODES = frozenset({"PreconditionFailed", "412"})  # a resumed GET's If-Match failed
 # SSL errors are a botocore ConnectionError too, but retrying a bad certificate never helps.
 TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     bce.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
@@ -132,6 +137,12 @@ class TransientStorageError(FetchError):
     default_reason = "transient"
 
 
+class ObjectChangedError(FetchError):
+    """The object was replaced while its body was being read (its ETag moved on)."""
+
+    default_reason = "changed"
+
+
 # ---- S3 basics ----------------------------------------------------------------------------
 
 
@@ -166,11 +177,12 @@ def s3_client(
     Args:
         endpoint_url: an S3-compatible endpoint (MinIO, Ceph, moto); path-style addressing is
             used with it. ``None`` for AWS.
-        max_attempts: botocore's own attempts per request ("standard" retry mode).
+        max_attempts: attempts per request, the first included (botocore's "standard" retry
+            mode: throttling, 5xx and connection errors, exponential backoff with jitter).
         read_timeout_s: socket read timeout.
     """
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=10,
         read_timeout=read_timeout_s,
         tcp_keepalive=True,
@@ -178,10 +190,6 @@ def s3_client(
     )
     # A session per client: boto3's default session is not thread-safe.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _single_attempt_client(endpoint_url: str | None) -> Any:
-    return s3_client(endpoint_url, max_attempts=1)
 
 
 # ---- classification -----------------------------------------------------------------------
@@ -196,8 +204,8 @@ def _client_error_code(exc: bce.ClientError) -> tuple[str, int | None]:
 def classify_error(exc: BaseException) -> str | None:
     """The failure reason of a storage exception, or ``None`` if it is not one.
 
-    Returns one of ``not_found``, ``access_denied``, ``transient``, ``storage_error`` (another
-    S3 error) or ``io_error`` (another local OS error).
+    Returns one of ``not_found``, ``access_denied``, ``transient``, ``changed`` (the ETag
+    moved on), ``storage_error`` (another S3 error) or ``io_error`` (another local OS error).
     """
     if isinstance(exc, FetchError):
         return exc.reason
@@ -207,6 +215,8 @@ def classify_error(exc: BaseException) -> str | None:
             return "not_found"
         if code in ACCESS_DENIED_CODES or (not code and status == 403):
             return "access_denied"
+        if code in CHANGED_CODES or (not code and status == 412):
+            return "changed"
         if code in TRANSIENT_CODES or status in TRANSIENT_HTTP_STATUS:
             return "transient"
         return "storage_error"
@@ -229,6 +239,7 @@ _ERROR_TYPES: dict[str, type[FetchError]] = {
     "not_found": ObjectNotFoundError,
     "access_denied": AccessDeniedError,
     "transient": TransientStorageError,
+    "changed": ObjectChangedError,
 }
 
 
@@ -284,18 +295,27 @@ def local_path(uri: str) -> Path:
 
 
 class ObjectFetcher:
-    """Fetches objects as seekable binary files, retrying transient storage errors.
+    """Fetches objects as seekable binary files; botocore retries requests, this resumes bodies.
+
+    Every S3 request (GET, HEAD) goes through botocore's "standard" retry mode with
+    ``max_retries + 1`` attempts. A body that breaks off while it is read (botocore cannot
+    retry that: the response has already been returned) is resumed where it stopped with
+    ``Range: bytes=<offset>-`` and ``If-Match: <etag>``, at most ``max_retries`` times per
+    object; an object replaced meanwhile fails as :class:`ObjectChangedError`. A
+    :class:`FetchError`'s ``attempts`` counts the HTTP requests this fetch sent, botocore's
+    retries and the resuming GETs included.
 
     Args:
         s3_endpoint_url: S3-compatible endpoint, ``None`` for AWS.
-        max_retries: retries after the first attempt for transient errors.
+        max_retries: retries of a request after its first attempt (botocore), and resumes of
+            an interrupted body per object.
         spool_threshold_bytes: S3 objects larger than this go to a temp file, not memory.
         spool_dir: folder for those temp files (default: the system temp folder).
-        backoff_base_s: first retry delay; doubles per retry, with jitter.
-        client_factory: builds the boto3 client from the endpoint (tests inject fakes); must
-            be picklable. Default: a client without botocore retries, so that this class owns
-            the retry loop and its attempt counts are request counts.
-        chunk_bytes: read size when spooling.
+        backoff_base_s: delay before the first resume; doubles per resume, with jitter.
+        client_factory: ``(endpoint_url, max_attempts) -> botocore S3 client``; must be
+            picklable. Default :func:`s3_client`. Tests pass one that adds fault-injecting
+            event hooks to a real client.
+        chunk_bytes: read size of the body.
     """
 
     def __init__(
@@ -306,7 +326,7 @@ class ObjectFetcher:
         spool_dir: str | Path | None = None,
         backoff_base_s: float = 0.2,
         *,
-        client_factory: Callable[[str | None], Any] | None = None,
+        client_factory: Callable[[str | None, int], Any] | None = None,
         chunk_bytes: int = 1 << 20,
     ) -> None:
         if max_retries < 0:
@@ -316,20 +336,23 @@ class ObjectFetcher:
         self.spool_threshold_bytes = spool_threshold_bytes
         self.spool_dir = str(spool_dir) if spool_dir is not None else None
         self.backoff_base_s = backoff_base_s
-        self.client_factory = client_factory or _single_attempt_client
+        self.client_factory = client_factory or _standard_retry_client
         self.chunk_bytes = chunk_bytes
         self._client: Any = None
         self._lock = threading.Lock()
+        self._sent = threading.local()  # .requests: HTTP requests of this thread's fetch
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
         state.pop("_lock")
+        state.pop("_sent")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._sent = threading.local()
 
     @property
     def client(self) -> Any:
@@ -337,35 +360,30 @@ class ObjectFetcher:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self.client_factory(self.s3_endpoint_url)
+                    client = self.client_factory(self.s3_endpoint_url, self.max_retries + 1)
+                    # emitted once per attempt, botocore's retries included
+                    client.meta.events.register("request-created.s3", self._count_request)
+                    self._client = client
         return self._client
 
-    def call_with_retries(self, uri: str, op: Callable[[], T]) -> T:
-        """Run ``op``; retry transient storage errors, raise others as :class:`FetchError`.
+    def _count_request(self, **_: Any) -> None:
+        self._sent.requests = getattr(self._sent, "requests", 0) + 1
+
+    def _requests(self) -> int:
+        return max(1, getattr(self._sent, "requests", 0))
+
+    def _call(self, uri: str, op: Callable[[], T]) -> T:
+        """Run one client call (botocore retries inside it); storage errors -> FetchError.
 
         Exceptions that are not storage errors propagate unchanged.
         """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return op()
-            except Exception as exc:
-                err = to_fetch_error(exc, uri, attempts=attempt)
-                if err is None or err is exc:
-                    raise
-                if not isinstance(err, TransientStorageError) or attempt > self.max_retries:
-                    raise err from exc
-                delay = backoff_delay(attempt, self.backoff_base_s)
-                log.warning(
-                    "transient storage error on %s (attempt %d/%d, retry in %.2fs): %s",
-                    uri,
-                    attempt,
-                    self.max_retries + 1,
-                    delay,
-                    err.detail,
-                )
-                time.sleep(delay)
+        try:
+            return op()
+        except Exception as exc:
+            err = to_fetch_error(exc, uri, attempts=self._requests())
+            if err is None or err is exc:
+                raise
+            raise err from exc
 
     def stat(self, uri: str) -> ObjectStat:
         """Size and etag of an object (S3 HEAD, or ``os.stat`` for a local file)."""
@@ -376,7 +394,8 @@ class ObjectFetcher:
                 raise _local_error(exc, uri) from exc
             return ObjectStat(st.st_size, local_etag(st))
         bucket, key = split_s3_uri(uri)
-        head = self.call_with_retries(uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
+        self._sent.requests = 0
+        head = self._call(uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
         return ObjectStat(int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
     @contextmanager
@@ -384,7 +403,8 @@ class ObjectFetcher:
         """Open ``uri`` as a seekable binary file for the duration of the context.
 
         Raises:
-            ObjectNotFoundError, AccessDeniedError, TransientStorageError, FetchError.
+            ObjectNotFoundError, AccessDeniedError, TransientStorageError,
+            ObjectChangedError, FetchError.
         """
         if not is_s3_uri(uri):
             with self._open_local(uri) as f:
@@ -392,7 +412,7 @@ class ObjectFetcher:
             return
         spool: list[str] = []  # the temp file path, once created
         try:
-            f = self.call_with_retries(uri, lambda: self._download(uri, spool))
+            f = self._download(uri, spool)
             with f:
                 yield f
         finally:
@@ -408,36 +428,85 @@ class ObjectFetcher:
             raise _local_error(exc, uri) from exc
 
     def _download(self, uri: str, spool: list[str]) -> BinaryIO:
-        """One attempt: GET the object into memory or into the spool file."""
+        """GET the object into memory or into the spool file, resuming a broken body."""
         bucket, key = split_s3_uri(uri)
-        resp = self.client.get_object(Bucket=bucket, Key=key)
-        body = resp["Body"]
+        self._sent.requests = 0
+        resp = self._call(uri, lambda: self.client.get_object(Bucket=bucket, Key=key))
+        if int(resp.get("ContentLength", 0)) <= self.spool_threshold_bytes:
+            out: BinaryIO = io.BytesIO()
+        else:
+            out = self._spool_file(uri, spool)
         try:
-            if int(resp.get("ContentLength", 0)) <= self.spool_threshold_bytes:
-                return io.BytesIO(body.read())
-            return self._spool(body, uri, spool)
-        finally:
-            body.close()
-
-    def _spool(self, body: Any, uri: str, spool: list[str]) -> BinaryIO:
-        if not spool:
-            if self.spool_dir:
-                os.makedirs(self.spool_dir, exist_ok=True)
-            fd, path = tempfile.mkstemp(
-                prefix="adaclip-fetch-", suffix=Path(uri).suffix, dir=self.spool_dir
-            )
-            os.close(fd)
-            spool.append(path)
-        f = open(spool[0], "w+b")  # noqa: SIM115 - a retry truncates and rewrites it
-        try:
-            while chunk := body.read(self.chunk_bytes):
-                f.write(chunk)
-            f.flush()
-            f.seek(0)
+            self._read_body(uri, resp, out)
+            out.seek(0)
         except BaseException:
-            f.close()
+            out.close()
             raise
-        return f
+        return out
+
+    def _read_body(self, uri: str, resp: dict[str, Any], out: BinaryIO) -> None:
+        """Copy a GET's body into ``out``; where it breaks, GET the rest of the same ETag."""
+        bucket, key = split_s3_uri(uri)
+        size, etag = int(resp.get("ContentLength", 0)), str(resp.get("ETag", ""))
+        resumes = 0
+        while True:
+            try:
+                _copy_body(resp["Body"], out, self.chunk_bytes)
+                return
+            except Exception as exc:
+                err = to_fetch_error(exc, uri, attempts=self._requests())
+                if err is None or err is exc:
+                    raise
+                if not isinstance(err, TransientStorageError) or resumes >= self.max_retries:
+                    raise err from exc
+                cause = err.detail
+            offset = out.tell()
+            resumes += 1
+            delay = backoff_delay(resumes, self.backoff_base_s)
+            log.warning(
+                "body of %s broke at byte %d of %d (resume %d/%d in %.2fs): %s",
+                uri, offset, size, resumes, self.max_retries, delay, cause,
+            )  # fmt: skip
+            time.sleep(delay)
+            rest = f"bytes={offset}-"
+            resp = self._call(
+                uri,
+                partial(self.client.get_object, Bucket=bucket, Key=key, Range=rest, IfMatch=etag),
+            )
+            start = _range_start(resp.get("ContentRange"))
+            if start is None:  # the endpoint ignored the Range: the whole object again
+                out.seek(0)
+                out.truncate()
+            elif start != offset:
+                resp["Body"].close()
+                raise FetchError(uri, f"asked for bytes {offset}-, got {resp.get('ContentRange')}")
+
+    def _spool_file(self, uri: str, spool: list[str]) -> BinaryIO:
+        if self.spool_dir:
+            os.makedirs(self.spool_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(
+            prefix="adaclip-fetch-", suffix=Path(uri).suffix, dir=self.spool_dir
+        )
+        spool.append(path)
+        return os.fdopen(fd, "w+b")
+
+
+def _standard_retry_client(endpoint_url: str | None, max_attempts: int) -> Any:
+    return s3_client(endpoint_url, max_attempts=max_attempts)
+
+
+def _copy_body(body: Any, out: BinaryIO, chunk_bytes: int) -> None:
+    try:
+        while chunk := body.read(chunk_bytes):
+            out.write(chunk)
+    finally:
+        body.close()
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """First byte of a ``Content-Range: bytes <start>-<end>/<size>`` header (None: absent)."""
+    match = re.match(r"bytes (\d+)-", content_range or "")
+    return int(match.group(1)) if match else None
 
 
 @contextmanager

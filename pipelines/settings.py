@@ -98,7 +98,11 @@ class IndexSettings(StoreSettings):
         description='custom Ray resources per model actor, e.g. {"gpu_node": 0.01}',
     )
     spool_threshold_mb: int = Field(64, description="objects larger than this are spooled to disk")
-    max_retries: int = Field(5, description="retries of transient storage errors")
+    max_retries: int = Field(
+        5,
+        description="retries of an S3 request after throttling, 5xx or a dropped connection "
+        "(botocore standard mode), and resumes of a download cut mid-body",
+    )
     limit: int | None = Field(None, description="index at most this many listed videos")
     frames_dir: bool = Field(
         False,

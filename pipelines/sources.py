@@ -25,6 +25,7 @@ from boto3.exceptions import S3UploadFailedError
 from pipelines.object_fetch import (
     AccessDeniedError,
     FetchError,
+    ObjectChangedError,
     ObjectFetcher,
     ObjectNotFoundError,
     ObjectStat,
@@ -42,6 +43,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "AccessDeniedError",
     "FetchError",
+    "ObjectChangedError",
     "ObjectFetcher",
     "ObjectNotFoundError",
     "ObjectStat",

@@ -2,7 +2,7 @@
 
 - an S3 bucket (moto on 127.0.0.1) holding good videos and every kind of corrupt one;
 - the same bucket behind a fault-injecting HTTP proxy (503 SlowDown, dropped connections,
-  cut bodies) that retries must ride out;
+  cut bodies) that botocore's retries and the fetcher's body resumes must ride out;
 - a two-node ``ray.cluster_utils.Cluster`` (in a subprocess: it cannot share this session's
   Ray) where the decode and model actors must land on the nodes carrying the custom
   resources that ``ray_cluster.yaml`` declares.
@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -289,19 +290,56 @@ def _proxy_handler(upstream: str, plan: FaultPlan) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-@pytest.fixture
-def fault_proxy(s3_endpoint: str) -> Iterator[tuple[str, FaultPlan]]:
-    """``(url, plan)`` of a fault-injecting proxy in front of the moto endpoint."""
-    plan = FaultPlan()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(s3_endpoint, plan))
+@contextmanager
+def running_fault_proxy(upstream: str, plan: FaultPlan) -> Iterator[str]:
+    """Run a fault-injecting proxy in front of ``upstream``; yield its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(upstream, plan))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", plan
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def fault_proxy(s3_endpoint: str) -> Iterator[tuple[str, FaultPlan]]:
+    """``(url, plan)`` of a fault-injecting proxy in front of the moto endpoint."""
+    plan = FaultPlan()
+    with running_fault_proxy(s3_endpoint, plan) as url:
+        yield url, plan
+
+
+def test_fetcher_resumes_bodies_the_network_cuts(
+    s3_endpoint: str,
+    make_bucket: Callable[[str, str], Any],
+    bucket_name: str,
+    videos: Path,
+) -> None:
+    """Two cut bodies in a row: the fetcher goes on from the byte each one stopped at."""
+    from pipelines.object_fetch import ObjectFetcher, TransientStorageError
+
+    client = make_bucket(s3_endpoint, bucket_name)
+    data = (videos / "video00000.mp4").read_bytes()
+    client.put_object(Bucket=bucket_name, Key="v.mp4", Body=data)
+    uri = f"s3://{bucket_name}/v.mp4"
+    cuts = FaultPlan(every=1, max_faults=2, modes=itertools.cycle(["cut_body"]))
+    with running_fault_proxy(s3_endpoint, cuts) as url:
+        fetcher = ObjectFetcher(url, max_retries=2, backoff_base_s=0.001)
+        with fetcher.fetch(uri) as f:
+            assert f.read() == data
+    # a GET cut at half, a ranged GET of the rest cut at half, a ranged GET of the rest
+    assert [status for _, _, status in cuts.served] == [200, 206, 206]
+    assert len(cuts.faults) == 2
+
+    more_cuts = FaultPlan(every=1, max_faults=3, modes=itertools.cycle(["cut_body"]))
+    with running_fault_proxy(s3_endpoint, more_cuts) as url:
+        fetcher = ObjectFetcher(url, max_retries=2, backoff_base_s=0.001)
+        with pytest.raises(TransientStorageError) as info, fetcher.fetch(uri):
+            pass
+    assert info.value.attempts == 3 and info.value.reason == "transient"
 
 
 def test_flaky_s3_endpoint_still_indexes_everything(
@@ -335,8 +373,8 @@ def test_flaky_s3_endpoint_still_indexes_everything(
     uris = {f"s3://{bucket_name}/in/{p.name}" for p in good}
     assert set(_payloads(tmp_path / "qdrant")) == uris
 
-    # the faults really happened: on the listing (botocore's standard retries) and on
-    # object GETs (ObjectFetcher's retries), in each of the three modes
+    # the faults really happened: on the listing and on object GETs, in each of the three
+    # modes (503 and drops: botocore's standard retries; cut bodies: ObjectFetcher's resumes)
     modes = {mode for mode, _ in plan.faults}
     assert modes == {"slow_down", "drop", "cut_body"}, plan.faults
     assert any("list-type" in path for _, path in plan.faults), plan.faults

@@ -7,12 +7,13 @@ import io
 import os
 import pickle
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions as bce
 import pytest
+from botocore.awsrequest import AWSResponse
 
 import pipelines.object_fetch as object_fetch
 import pipelines.sources as sources
@@ -21,6 +22,7 @@ from pipelines.sources import (
     VIDEO_EXTENSIONS,
     AccessDeniedError,
     FetchError,
+    ObjectChangedError,
     ObjectFetcher,
     ObjectNotFoundError,
     SourceError,
@@ -47,44 +49,83 @@ def client_error(code: str, status: int = 400, op: str = "GetObject") -> bce.Cli
     return bce.ClientError(response, op)
 
 
-class FlakyClient:
-    """Delegates to a real client; ``get_object``/``head_object`` first raise ``failures``."""
-
-    def __init__(self, real: Any, failures: list[BaseException]) -> None:
-        self.real = real
-        self.failures = list(failures)
-        self.calls = 0
-
-    def _maybe_fail(self) -> None:
-        self.calls += 1
-        if self.failures:
-            raise self.failures.pop(0)
-
-    def get_object(self, **kwargs: Any) -> Any:
-        self._maybe_fail()
-        return self.real.get_object(**kwargs)
-
-    def head_object(self, **kwargs: Any) -> Any:
-        self._maybe_fail()
-        return self.real.head_object(**kwargs)
-
-
-class BrokenBody:
-    """A response body that dies mid-stream, like a dropped connection."""
+class Raw:
+    """The raw stream of a canned HTTP answer (what botocore's AWSResponse reads)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
+    def stream(self, **_: Any) -> Any:
+        yield self.data
+
+
+class CutBody:
+    """A GET body that breaks after ``limit`` bytes, as a connection dropped mid-body does."""
+
+    def __init__(self, body: Any, limit: int, on_cut: Callable[[], None] | None) -> None:
+        self.body, self.left, self.on_cut = body, limit, on_cut
+
     def read(self, n: int = -1) -> bytes:
-        raise bce.ResponseStreamingError(error="connection reset mid-body")
+        if self.left <= 0:
+            if self.on_cut is not None:
+                self.on_cut()
+            raise bce.ResponseStreamingError(error="connection reset mid-body")
+        chunk = self.body.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(chunk)
+        return bytes(chunk)
 
     def close(self) -> None:
-        pass
+        self.body.close()
 
 
-def fetcher_with(client: Any, **kwargs: Any) -> ObjectFetcher:
-    kwargs.setdefault("backoff_base_s", 0.001)
-    return ObjectFetcher(client_factory=lambda _endpoint: client, **kwargs)
+class Faults:
+    """Faults injected into a real botocore client (retry mode included) by event hooks.
+
+    ``requests`` answer the next requests instead of the endpoint, in order: an exception is
+    raised where the HTTP send would be (a dropped connection), ``(status, code)`` is an S3
+    error answer. ``cut_bodies`` break the next GET bodies after that many bytes, calling
+    ``on_cut`` first. ``sent`` holds the headers of every attempt, injected ones included.
+    """
+
+    def __init__(
+        self,
+        requests: Sequence[BaseException | tuple[int, str]] = (),
+        cut_bodies: Sequence[int] = (),
+        on_cut: Callable[[], None] | None = None,
+    ) -> None:
+        self.requests = list(requests)
+        self.cut_bodies = list(cut_bodies)
+        self.on_cut = on_cut
+        self.sent: list[dict[str, str]] = []
+
+    def client(self, endpoint: str | None, max_attempts: int) -> Any:
+        client = sources.s3_client(endpoint, max_attempts=max_attempts)
+        client.meta.events.register("before-send.s3", self._before_send)
+        client.meta.events.register("after-call.s3.GetObject", self._after_get)
+        return client
+
+    def fetcher(self, endpoint: str, **kwargs: Any) -> ObjectFetcher:
+        kwargs.setdefault("backoff_base_s", 0.001)
+        return ObjectFetcher(endpoint, client_factory=self.client, **kwargs)
+
+    def _before_send(self, request: Any, **_: Any) -> AWSResponse | None:
+        self.sent.append(
+            {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in request.headers.items()}
+        )
+        if not self.requests:
+            return None
+        fault = self.requests.pop(0)
+        if isinstance(fault, BaseException):
+            raise fault
+        status, code = fault
+        body = f"<Error><Code>{code}</Code><Message>simulated {code}</Message></Error>"
+        return AWSResponse(
+            request.url, status, {"Content-Type": "application/xml"}, Raw(body.encode())
+        )
+
+    def _after_get(self, parsed: dict[str, Any], **_: Any) -> None:
+        if self.cut_bodies and "Body" in parsed:
+            parsed["Body"] = CutBody(parsed["Body"], self.cut_bodies.pop(0), self.on_cut)
 
 
 @pytest.fixture
@@ -277,12 +318,12 @@ def test_fetch_large_is_spooled_and_removed(
 def test_fetch_missing_is_not_found_without_retry(
     s3_endpoint: str, bucket: tuple[Any, str], tmp_path: Path
 ) -> None:
-    client, name = bucket
-    flaky = FlakyClient(client, [])
-    fetcher = fetcher_with(flaky, max_retries=3)
+    _, name = bucket
+    faults = Faults()
+    fetcher = faults.fetcher(s3_endpoint, max_retries=3)
     with pytest.raises(ObjectNotFoundError) as info, fetcher.fetch(f"s3://{name}/gone.mp4"):
         pass
-    assert flaky.calls == 1
+    assert len(faults.sent) == 1
     err = info.value
     assert (err.uri, err.reason, err.attempts) == (f"s3://{name}/gone.mp4", "not_found", 1)
     assert "NoSuchKey" in str(err)
@@ -311,6 +352,7 @@ def test_fetch_missing_is_not_found_without_retry(
         (client_error("InternalError", 500), "transient"),
         (client_error("WeirdCode", 502), "transient"),
         (client_error("InvalidRange", 416), "storage_error"),
+        (client_error("PreconditionFailed", 412), "changed"),
         (bce.EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), "transient"),
         (bce.ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), "transient"),
         (bce.ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), "transient"),
@@ -336,11 +378,11 @@ def test_access_denied_is_not_retried(
 ) -> None:
     client, name = bucket
     client.put_object(Bucket=name, Key="secret.mp4", Body=b"s")
-    flaky = FlakyClient(client, [client_error("AccessDenied", 403)] * 5)
-    fetcher = fetcher_with(flaky, max_retries=4)
+    faults = Faults(requests=[(403, "AccessDenied")] * 5)
+    fetcher = faults.fetcher(s3_endpoint, max_retries=4)
     with pytest.raises(AccessDeniedError) as info, fetcher.fetch(f"s3://{name}/secret.mp4"):
         pass
-    assert flaky.calls == 1
+    assert len(faults.sent) == 1
     assert (info.value.reason, info.value.attempts) == ("access_denied", 1)
     assert isinstance(info.value.__cause__, bce.ClientError)
 
@@ -354,51 +396,90 @@ def test_access_denied_is_not_retried(
     assert info.value.uri == str(locked)
 
 
-def test_transient_errors_are_retried_then_succeed(
-    s3_endpoint: str, bucket: tuple[Any, str], tmp_path: Path
+def test_transient_errors_are_retried_by_botocore(
+    s3_endpoint: str, bucket: tuple[Any, str]
 ) -> None:
     client, name = bucket
     data = os.urandom(50_000)
     client.put_object(Bucket=name, Key="flaky.mp4", Body=data)
     uri = f"s3://{name}/flaky.mp4"
-    failures: list[BaseException] = [
-        client_error("SlowDown", 503),
-        bce.EndpointConnectionError(endpoint_url=s3_endpoint),
-        ConnectionResetError(104, "reset"),
-    ]
-    flaky = FlakyClient(client, failures)
-    with fetcher_with(flaky, max_retries=3).fetch(uri) as f:
+    faults = Faults(
+        requests=[
+            (503, "SlowDown"),
+            bce.EndpointConnectionError(endpoint_url=s3_endpoint),
+            bce.ConnectionClosedError(endpoint_url=s3_endpoint),
+        ]
+    )
+    with faults.fetcher(s3_endpoint, max_retries=3).fetch(uri) as f:
         assert f.read() == data
-    assert flaky.calls == 4
+    assert len(faults.sent) == 4  # one GET, retried three times inside botocore
 
-    class DropsBodyOnce(FlakyClient):
-        def get_object(self, **kwargs: Any) -> Any:
-            resp = super().get_object(**kwargs)
-            if self.calls == 1:
-                resp["Body"] = BrokenBody(b"")
-            return resp
-
-    dropping = DropsBodyOnce(client, [])
-    spool = tmp_path / "spool"
-    fetcher = fetcher_with(dropping, spool_threshold_bytes=10_000, spool_dir=spool)
-    with fetcher.fetch(uri) as f:  # spooled: the retry rewrites the same temp file
-        assert f.read() == data
-    assert dropping.calls == 2 and not list(spool.iterdir())
-
-    stat_flaky = FlakyClient(client, [client_error("503", 503, "HeadObject")])
-    assert fetcher_with(stat_flaky).stat(uri).size_bytes == len(data)
+    head_faults = Faults(requests=[(503, "ServiceUnavailable")])
+    assert head_faults.fetcher(s3_endpoint).stat(uri).size_bytes == len(data)
+    assert len(head_faults.sent) == 2
 
 
 def test_transient_errors_exhausted(s3_endpoint: str, bucket: tuple[Any, str]) -> None:
-    client, name = bucket
-    flaky = FlakyClient(client, [client_error("SlowDown", 503)] * 10)
+    _, name = bucket
+    faults = Faults(requests=[(503, "SlowDown")] * 10)
     with (
         pytest.raises(TransientStorageError) as info,
-        fetcher_with(flaky, max_retries=2).fetch(f"s3://{name}/any.mp4"),
+        faults.fetcher(s3_endpoint, max_retries=2).fetch(f"s3://{name}/any.mp4"),
     ):
         pass
-    assert flaky.calls == 3 and info.value.attempts == 3
+    assert len(faults.sent) == 3 and info.value.attempts == 3
     assert info.value.reason == "transient" and "after 3 attempts" in str(info.value)
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_broken_body_resumes_where_it_stopped(
+    s3_endpoint: str, bucket: tuple[Any, str], tmp_path: Path, spooled: bool
+) -> None:
+    client, name = bucket
+    data = os.urandom(50_000)
+    etag = client.put_object(Bucket=name, Key="cut.mp4", Body=data)["ETag"]
+    faults = Faults(cut_bodies=[20_000, 5_000])
+    spool = tmp_path / "spool"
+    fetcher = faults.fetcher(
+        s3_endpoint,
+        max_retries=2,
+        spool_dir=spool,
+        spool_threshold_bytes=10_000 if spooled else 1 << 20,
+        chunk_bytes=4096,
+    )
+    with fetcher.fetch(f"s3://{name}/cut.mp4") as f:
+        assert isinstance(f, io.BytesIO) is not spooled
+        assert f.read() == data
+    assert [h.get("Range") for h in faults.sent] == [None, "bytes=20000-", "bytes=25000-"]
+    assert all(h.get("If-Match") == etag for h in faults.sent[1:])
+    assert not spool.exists() or not list(spool.iterdir())
+
+
+def test_broken_body_resumes_are_bounded(s3_endpoint: str, bucket: tuple[Any, str]) -> None:
+    client, name = bucket
+    client.put_object(Bucket=name, Key="cut.mp4", Body=os.urandom(50_000))
+    faults = Faults(cut_bodies=[1000] * 5)
+    fetcher = faults.fetcher(s3_endpoint, max_retries=2)
+    with pytest.raises(TransientStorageError) as info, fetcher.fetch(f"s3://{name}/cut.mp4"):
+        pass
+    assert len(faults.sent) == 3 and info.value.attempts == 3
+    assert "ResponseStreamingError" in str(info.value)
+
+
+def test_broken_body_of_a_replaced_object_is_not_stitched(
+    s3_endpoint: str, bucket: tuple[Any, str]
+) -> None:
+    client, name = bucket
+    client.put_object(Bucket=name, Key="moving.mp4", Body=b"a" * 50_000)
+
+    def replace() -> None:
+        client.put_object(Bucket=name, Key="moving.mp4", Body=b"b" * 50_000)
+
+    faults = Faults(cut_bodies=[20_000], on_cut=replace)
+    fetcher = faults.fetcher(s3_endpoint, max_retries=3)
+    with pytest.raises(ObjectChangedError) as info, fetcher.fetch(f"s3://{name}/moving.mp4"):
+        pass
+    assert info.value.reason == "changed" and len(faults.sent) == 2
 
 
 def test_backoff_grows_with_jitter() -> None:
