@@ -195,6 +195,9 @@ class FailureLog:
     def record(self, rows: list[dict[str, str]]) -> None:
         self.rows.extend(rows)
 
+    def count(self) -> int:
+        return len(self.rows)
+
     def drain(self) -> list[dict[str, str]]:
         rows, self.rows = self.rows, []
         return rows

@@ -5,8 +5,11 @@
 
 Incremental and crash-safe: videos whose URI and etag are already in the collection for
 this model are skipped before download; point ids are UUID5 of the URI, so a killed job
-that is run again overwrites instead of duplicating. The driver is the single writer of
-the store (an embedded store belongs to one process), upserting batches as they stream in.
+that is run again overwrites instead of duplicating. The driver opens the store only to
+bind the collection (refusing another model's) and to plan; it closes it before the
+pipeline runs. The rows then stream into a Ray Data ``Datasink`` whose write tasks hand
+them to one store-writer actor, the store's single owner until the end of the write
+(:mod:`pipelines.store_sink`), while a driver thread reports progress.
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
 from pipelines.settings import (
@@ -38,7 +39,9 @@ from pipelines.sources import (
     list_frame_folders,
     list_videos,
 )
-from pipelines.store import VideoRecord, open_store
+
+if TYPE_CHECKING:
+    from pipelines.store_sink import StoreTarget
 
 log = logging.getLogger("adaclip.index")
 
@@ -132,25 +135,6 @@ def plan(listed: Sequence[VideoObject], indexed: dict[str, str]) -> list[VideoOb
     return [obj for obj in listed if indexed.get(obj.uri) != obj.etag]
 
 
-def to_records(batch: dict[str, np.ndarray], model_id: str) -> list[VideoRecord]:
-    """Rows of the embedding stage -> store records."""
-    return [
-        VideoRecord(
-            uri=str(batch["uri"][i]),
-            video_id=str(batch["video_id"][i]),
-            etag=str(batch["etag"][i]),
-            size_bytes=int(batch["size_bytes"][i]),
-            duration_s=float(batch["duration_s"][i]),
-            video_vector=batch["video_vector"][i],
-            frame_vectors=batch["frame_vectors"][i],
-            frame_ts=list(batch["frame_ts"][i]),
-            frame_weights=list(batch["frame_weights"][i]),
-            model_id=model_id,
-        )
-        for i in range(len(batch["uri"]))
-    ]
-
-
 def build_dataset(
     todo: Sequence[VideoObject], settings: IndexSettings, model: ResolvedModel, failure_log: Any
 ) -> Any:
@@ -207,7 +191,7 @@ def list_source(settings: IndexSettings) -> list[VideoObject]:
 
 def run_index(settings: IndexSettings) -> IndexSummary:
     """Run the whole job; write ``summary.json`` and ``failures.jsonl`` under ``output``."""
-    import ray
+    from pipelines.store_sink import StoreTarget, open_when_free
 
     start = time.monotonic()
     out_dir = Path(settings.output)
@@ -221,40 +205,35 @@ def run_index(settings: IndexSettings) -> IndexSummary:
         gflops_per_video=round(float(model.gflops["total"]), 3),
         gflops_per_video_no_policy=round(float(model.gflops["no_policy_clip_n"]), 3),
     )
-    store = open_store(
-        qdrant_path=settings.qdrant_path or DEFAULT_QDRANT_PATH,
+    target = StoreTarget(
+        qdrant_path=None
+        if settings.qdrant_url
+        else str(Path(settings.qdrant_path or DEFAULT_QDRANT_PATH).resolve()),
         qdrant_url=settings.qdrant_url,
         api_key=settings.qdrant_api_key,
+        collection=collection,
+        dim=model.embed_dim,
+        num_frames=model.top_k,
+        model_id=model.model_id,
     )
-    failures: list[dict[str, str]] = []
+    store = open_when_free(target.open)  # refuses a collection of another model
     try:
-        store.ensure_collection(collection, model.embed_dim, model.top_k, model.model_id)
         listed = list_source(settings)
         todo = plan(listed, store.indexed_etags())
-        summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
-        log.info(
-            "listed %d videos, %d already indexed, %d to index",
-            len(listed),
-            summary.skipped,
-            len(todo),
-        )
-        if todo:
-            if not ray.is_initialized():
-                ray.init(address=settings.ray_address, log_to_driver=False)
-            failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
-            ds = build_dataset(todo, settings, model, failure_log)
-            for batch in ds.iter_batches(
-                batch_size=settings.upsert_batch_size, batch_format="numpy"
-            ):
-                records = to_records(batch, model.model_id)
-                store.upsert(records)
-                summary.indexed += len(records)
-                log.info("indexed %d/%d", summary.indexed, len(todo))
-                print(f"indexed {summary.indexed}/{len(todo)} videos", flush=True)
-            failures = ray.get(failure_log.drain.remote())
-        store.optimize()
+        if not todo:
+            store.optimize()
     finally:
-        store.close()
+        store.close()  # the writer actor owns the store from here on
+    summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
+    log.info(
+        "listed %d videos, %d already indexed, %d to index",
+        len(listed),
+        summary.skipped,
+        len(todo),
+    )
+    failures: list[dict[str, str]] = []
+    if todo:
+        summary.indexed, failures = write_index(todo, settings, model, target, summary.skipped)
     summary.failed = len(failures)
     summary.failed_by_reason = dict(Counter(row["reason"] for row in failures))
     summary.elapsed_s = round(time.monotonic() - start, 3)
@@ -263,6 +242,53 @@ def run_index(settings: IndexSettings) -> IndexSummary:
     )
     write_reports(out_dir, summary, failures)
     return summary
+
+
+def write_index(
+    todo: Sequence[VideoObject],
+    settings: IndexSettings,
+    model: ResolvedModel,
+    target: StoreTarget,
+    skipped: int,
+) -> tuple[int, list[dict[str, str]]]:
+    """Stream ``todo`` through the pipeline into the store; (videos upserted, failure rows)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from pipelines.store_sink import (
+        WRITE_TASK_CPUS,
+        WRITE_TASKS,
+        ProgressReporter,
+        StoreWriter,
+        VideoStoreDatasink,
+    )
+
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    writer: Any = (
+        ray.remote(StoreWriter).options(num_cpus=0, scheduling_strategy=here).remote(target)
+    )
+    ray.get(writer.progress.remote())  # the store opened (or the error) before any work
+    sink = VideoStoreDatasink(writer, model.model_id, settings.upsert_batch_size)
+    progress = ProgressReporter(writer, failure_log, total=len(todo), skipped=skipped)
+    progress.start()
+    written = False
+    try:
+        build_dataset(todo, settings, model, failure_log).write_datasink(
+            sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=WRITE_TASKS
+        )
+        written = True
+    finally:
+        progress.stop()
+        try:
+            ray.get(writer.close.remote(optimize=written))
+        except Exception:
+            ray.kill(writer)  # its process exits and lets go of the store
+            if written:
+                raise
+    return sink.written, ray.get(failure_log.drain.remote())
 
 
 def write_reports(out_dir: Path, summary: IndexSummary, failures: list[dict[str, str]]) -> None:
