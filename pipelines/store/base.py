@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.store.rerank import frame_cosines, qscore_rerank
+from pipelines.store.rerank import frame_cosines, gram_matrices, qscore_from_cosines
 
 # Fixed forever: point ids of already-built indexes depend on it.
 NAMESPACE = uuid.UUID("fd15bc21-6c29-58f6-9d85-9f02be357ec5")
@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 VIDEO_VECTOR = "video"
 FRAMES_VECTOR = "frames"
 INDEXED_FIELDS = ("uri", "video_id", "model_id", "uri_prefixes")
-INTERNAL_FIELDS = ("uri_prefixes", "frame_norms")
+INTERNAL_FIELDS = ("uri_prefixes", "frame_norms", "frame_gram")
 # What `adaclip ls` shows of each video.
 LISTED_FIELDS = ("uri", "video_id", "etag", "duration_s", "model_id", "indexed_at")
 SCROLL_PAGE = 1024
@@ -128,6 +128,11 @@ class VideoRecord:
     def frame_norms(self) -> npt.NDArray[np.float32]:
         return np.linalg.norm(self.frame_vectors, axis=1)  # (K,)
 
+    def frame_gram(self) -> npt.NDArray[np.float64]:
+        """(K, K) G_kl = f_k . f_l of the raw frames, for exact Q-Score re-ranking."""
+        fv = self.frame_vectors.astype(np.float64)
+        return fv @ fv.T
+
     def payload(self) -> dict[str, Any]:
         """The point's payload (DESIGN.md "The index"), plus the internal fields."""
         return {
@@ -142,6 +147,7 @@ class VideoRecord:
             "indexed_at": self.indexed_at,
             "uri_prefixes": uri_dir_prefixes(self.uri),
             "frame_norms": [float(n) for n in self.frame_norms()],
+            "frame_gram": [float(g) for g in self.frame_gram().reshape(-1)],
         }
 
 
@@ -218,8 +224,15 @@ def rerank_rows(rows: Sequence[Row], query: FloatArray, temperature: float) -> l
         assert r.frames is not None, "re-rank needs the frames multivector"
         frames[i, : len(r.frames)] = r.frames
         norms[i, : len(r.frames)] = r.payload["frame_norms"]
-    scores, best = qscore_rerank(query, frames, norms, temperature)
+    if all("frame_gram" in r.payload for r in rows):
+        gram = np.zeros((len(rows), k_max, k_max), dtype=np.float64)  # (C, K, K)
+        for i, r in enumerate(rows):
+            k = len(r.payload["frame_norms"])
+            gram[i, :k, :k] = np.asarray(r.payload["frame_gram"], dtype=np.float64).reshape(k, k)
+    else:  # points written before the Gram matrices were stored
+        gram = gram_matrices(frames, norms)
     cos = frame_cosines(query, frames)
+    scores, best = qscore_from_cosines(cos, norms, gram, temperature)
     hits = []
     for i, r in enumerate(rows):
         hit = row_to_hit(r)

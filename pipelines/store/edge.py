@@ -136,7 +136,8 @@ class EdgeVideoStore(VideoStore):
             offset=offset or None,
             query=qe.Query.Nearest(q.tolist(), using=VIDEO_VECTOR),
             filter=_edge_filter(flt),
-            with_payload=True,
+            # the Gram matrices only matter to the re-rank: do not convert them otherwise
+            with_payload=True if with_frames else qe.PayloadSelector.Exclude(["frame_gram"]),
             with_vector=[FRAMES_VECTOR] if with_frames else False,
         )
         return [row_from_point(p, with_frames) for p in self._require().query(request)]

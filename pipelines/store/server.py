@@ -150,7 +150,8 @@ class ServerVideoStore(VideoStore):
             query_filter=_client_filter(flt),
             limit=limit,
             offset=offset or None,
-            with_payload=True,
+            # the Gram matrices only matter to the re-rank: do not transfer them otherwise
+            with_payload=True if with_frames else qm.PayloadSelectorExclude(exclude=["frame_gram"]),
             with_vectors=[FRAMES_VECTOR] if with_frames else False,
         )
         return [row_from_point(p, with_frames) for p in response.points]

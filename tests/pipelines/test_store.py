@@ -22,7 +22,7 @@ from pipelines.store import (
     qscore_rerank,
     uri_dir_prefixes,
 )
-from pipelines.store.base import LISTED_FIELDS, META_POINT_ID, prefix_filter
+from pipelines.store.base import LISTED_FIELDS, META_POINT_ID, prefix_filter, rerank_rows
 from pipelines.store.server import ServerVideoStore
 
 D, K = 16, 4
@@ -280,11 +280,37 @@ def test_qscore_rerank_matches_direct_computation() -> None:
         scores, best = qscore_rerank(q, unit, norms, t)
         for c in range(6):
             frames = raw[c, :3] if c == 2 else raw[c]
-            assert scores[c] == pytest.approx(qscore_direct(q, frames, t), abs=1e-9)
+            # float32 cosines, as precise as the stored float32 vectors
+            assert scores[c] == pytest.approx(qscore_direct(q, frames, t), abs=1e-6)
             cos = frames @ q / np.linalg.norm(frames, axis=1)
             assert best[c] == cos.argmax()
     with pytest.raises(ValueError):
         qscore_rerank(q, unit, norms, 0.0)
+
+
+def test_rerank_uses_stored_gram_and_falls_back_without_it(
+    store: VideoStore, rng: np.random.Generator
+) -> None:
+    records = [make_record(rng, f"/data/g{i}.mp4", k=K if i % 3 else K - 1) for i in range(9)]
+    store.upsert(records)
+    payload = records[1].payload()  # a video with K frames
+    fv = records[1].frame_vectors.astype(np.float64)
+    assert np.allclose(np.reshape(payload["frame_gram"], (K, K)), fv @ fv.T)
+    q = rng.standard_normal(D).astype(np.float32)
+    rows = store._query_prefixed(q, 9, None, with_frames=True)
+    assert all("frame_gram" in r.payload for r in rows)
+    assert all("frame_gram" not in h.payload for h in store.search(q, top_k=9))  # plain search
+    with_gram = rerank_rows(rows, q, 0.5)
+    for r in rows:  # points indexed before G was stored
+        del r.payload["frame_gram"]
+    without = rerank_rows(rows, q, 0.5)
+    assert [h.uri for h in with_gram] == [h.uri for h in without]
+    assert np.allclose([h.score for h in with_gram], [h.score for h in without], atol=1e-6)
+    by_uri = {r.uri: r for r in records}
+    for h in with_gram:
+        assert h.score == pytest.approx(
+            qscore_direct(q, by_uri[h.uri].frame_vectors, 0.5), abs=1e-5
+        )
 
 
 def test_video_record_validation(rng: np.random.Generator) -> None:
