@@ -195,10 +195,6 @@ def encoder_options(s: ServeSettings) -> dict[str, Any]:
     }
 
 
-# Ray Serve runs user code on a second event loop in its own thread unless this is "0".
-SEPARATE_THREAD_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
-
-
 def ingress_options(s: ServeSettings) -> dict[str, Any]:
     """One ingress replica with an embedded store (it has a single owner), else autoscaled.
 
@@ -207,9 +203,6 @@ def ingress_options(s: ServeSettings) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": s.ingress_cpus}
     if encodes_in_ingress(s):
         actor = {"num_cpus": s.ingress_cpus + s.encoder_cpus, "num_gpus": 1 if _use_gpu(s) else 0}
-    if s.ingress_same_loop:
-        # Every handler awaits: encoding and store calls run in executor threads.
-        actor["runtime_env"] = {"env_vars": {SEPARATE_THREAD_ENV: "0"}}
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         "max_ongoing_requests": s.max_ongoing_requests,

@@ -65,13 +65,6 @@ class ServeSettings(StoreSettings):
             " and its extra hop (default: with an embedded store or without a GPU)"
         ),
     )
-    ingress_same_loop: bool = Field(
-        True,
-        description=(
-            "run the ingress handlers on the replica's own event loop instead of Ray Serve's"
-            " separate user-code thread (one thread hop less per request; they never block it)"
-        ),
-    )
     max_batch_size: int = Field(16, ge=1, description="queries per text encoder batch (1: off)")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="how long a batch waits to fill up, seconds"

@@ -373,7 +373,7 @@ def test_settings_and_builder(
 ) -> None:
     from pydantic import ValidationError
 
-    from serve.app import SEPARATE_THREAD_ENV, build_app, encoder_options, ingress_options
+    from serve.app import build_app, encoder_options, ingress_options
 
     monkeypatch.setenv("ADACLIP_CORS_ORIGINS", "https://a.example, https://b.example")
     s = ServeSettings(checkpoint=str(indexed_videos.checkpoint), port="9000")  # type: ignore[arg-type]
@@ -389,10 +389,6 @@ def test_settings_and_builder(
     assert enc["autoscaling_config"]["max_replicas"] == 3
     assert enc["ray_actor_options"]["num_gpus"] == 1
     assert ingress_options(ServeSettings(checkpoint="c"))["num_replicas"] == 1  # embedded
-    same_loop = ingress_options(ServeSettings(checkpoint="c"))["ray_actor_options"]
-    assert same_loop["runtime_env"] == {"env_vars": {SEPARATE_THREAD_ENV: "0"}}
-    own_thread = ingress_options(ServeSettings(checkpoint="c", ingress_same_loop=False))
-    assert "runtime_env" not in own_thread["ray_actor_options"]
     remote = ingress_options(ServeSettings(checkpoint="c", qdrant_url="http://q:6333"))
     assert remote["autoscaling_config"]["max_replicas"] == 2
 
