@@ -16,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -95,6 +95,8 @@ def generate_dataset(
     size: int = 64,
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     uninformative: tuple[float, float] = (0.3, 0.5),
+    noise: float = 0.5,
+    anywhere: bool = False,
 ) -> dict[str, Path]:
     """Write ``num_videos`` captioned clips and their train/val/test annotation files.
 
@@ -109,6 +111,11 @@ def generate_dataset(
         splits: fractions of videos in train, val and test.
         uninformative: ``(low, high)``: each clip's share of blank/noise frames is drawn
             uniformly from this range (at least one frame, at least one informative).
+        noise: chance that a stretch of uninformative frames is grey noise rather than
+            black (0: all black, so no uninformative frame tells two clips apart).
+        anywhere: shift each clip's informative frames by a random (cyclic) offset, so
+            they are no likelier at the ends of the clip than elsewhere (by default a
+            clip often starts or ends with informative frames).
 
     Returns:
         ``{"train": path, "val": path, "test": path}`` of the annotation files.
@@ -117,6 +124,8 @@ def generate_dataset(
         raise ValueError("need num_videos >= 1, frames_per_video >= 2, fps >= 1, even size >= 16")
     if not 0.0 <= uninformative[0] <= uninformative[1] < 1.0:
         raise ValueError(f"uninformative must be 0 <= low <= high < 1, got {uninformative}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -129,7 +138,10 @@ def generate_dataset(
         spec = _make_spec(
             f"video{i:05d}", color, shape, motion, frames_per_video, video_rng, uninformative
         )
-        frames = _render(spec, size, video_rng)
+        if anywhere:
+            shift = int(video_rng.integers(frames_per_video))
+            spec = replace(spec, informative=np.roll(spec.informative, shift).tolist())
+        frames = _render(spec, size, video_rng, noise)
         _write_h264(root / f"{spec.video_id}.mp4", frames, fps)
         specs.append(spec)
 
@@ -202,7 +214,7 @@ def _informative_mask(
     return mask.tolist()
 
 
-def _render(spec: VideoSpec, size: int, rng: np.random.Generator) -> np.ndarray:
+def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of the spec."""
     num = len(spec.informative)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -217,7 +229,7 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator) -> np.ndarray:
     for t in range(num):
         if not spec.informative[t]:
             if t == 0 or spec.informative[t - 1]:  # a new stretch: black or grey noise
-                blank = bool(rng.random() < 0.5)
+                blank = bool(rng.random() < 1.0 - noise)
             if blank:
                 frames[t] = 0
             else:

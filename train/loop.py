@@ -7,7 +7,9 @@ epoch, global-batch InfoNCE through the all-gather, AdamW with two learning rate
 warm-up + cosine, gradient clipping, the Hard-Top-k temperature schedule, AMP on GPU.
 After every epoch rank 0 evaluates the validation split and reports the metrics with a
 checkpoint folder that is also a regular ``adaclip`` checkpoint (``config.json`` +
-``model.safetensors``) plus ``train_state.pt`` (optimiser, epoch, history).
+``model.safetensors``) plus ``train_state.pt`` (optimiser, epoch, history). Each epoch
+record also holds the Ray node id of every worker (``node_ids``, by rank) and ``num_nodes``.
+:func:`train_in_process` runs the same step on one process without Ray (experiments, tests).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -179,24 +183,97 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             f"{cfg.num_train_videos} training videos cannot fill one batch of {local_batch} "
             f"on each of {world} workers; lower --batch-size"
         )
+    node_ids = gather_node_ids()
     for epoch in range(int(state["epoch"]), cfg.num_epochs):
         start = time.perf_counter()
         tau = temperature_schedule(epoch)
-        loss = _train_epoch(
-            ddp, model, optimizer, scaler, cfg, epoch, tau, local_batch, steps, device, rank
+        shard = ray.train.get_dataset_shard("train")
+        batches = shard.iter_batches(
+            batch_size=local_batch,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=max(2 * local_batch, 64),
+            local_shuffle_seed=cfg.seed * 100_003 + epoch * 101 + rank,
         )
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": loss,
-            "tau": tau,
-            "world_size": world,
-            "local_batch_size": local_batch,
-            "steps": steps,
-            "train_seconds": time.perf_counter() - start,
-            "samples_per_second": steps * local_batch * world / (time.perf_counter() - start),
-        }
+        loss = _train_epoch(ddp, model, optimizer, scaler, cfg, epoch, tau, batches, steps, rank)
+        record = _epoch_record(epoch, loss, tau, world, local_batch, steps, start)
+        record.update({"num_nodes": len(set(node_ids)), "node_ids": node_ids})
         state = {"epoch": epoch + 1, "history": [*state["history"], record]}
         _report(model, optimizer, state, rank, cfg.eval_batch_size)
+
+
+def gather_node_ids() -> list[str]:
+    """The Ray node id of every worker, by world rank (collective: every rank calls it)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [node_id]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, node_id)
+    return [str(n) for n in gathered]
+
+
+def _epoch_record(
+    epoch: int, loss: float, tau: float, world: int, local_batch: int, steps: int, start: float
+) -> dict[str, Any]:
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "tau": tau,
+        "world_size": world,
+        "local_batch_size": local_batch,
+        "steps": steps,
+        "train_seconds": seconds,
+        "samples_per_second": steps * local_batch * world / seconds,
+    }
+
+
+def train_in_process(
+    cfg: LoopConfig,
+    train_rows: dict[str, np.ndarray],
+    val_rows: dict[str, np.ndarray],
+    *,
+    validate_every: int = 1,
+    model: AdaCLIP | None = None,
+    on_epoch: Callable[[AdaCLIP, dict[str, Any]], None] | None = None,
+) -> tuple[AdaCLIP, list[dict[str, Any]]]:
+    """Train on this process, without Ray: one worker, CPU, the Ray workers' exact step.
+
+    Same model, optimiser groups, warm-up + cosine schedule, Hard-Top-k temperature,
+    caption sampling, loss and validation as :func:`train_loop_per_worker`; the data are
+    in-memory decoded columns (``video_id``, ``frames``, ``captions``) shuffled per epoch.
+    Validation runs every ``validate_every`` epochs and after the last one. ``model``
+    (default: built from ``cfg``) is trained in place. For small experiments and tests;
+    returns the trained model and the epoch history.
+    """
+    if model is None:
+        model = build_model(cfg)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    num = len(train_rows["video_id"])
+    local_batch = min(cfg.global_batch_size, num)
+    steps = num // local_batch
+    history: list[dict[str, Any]] = []
+    for epoch in range(cfg.num_epochs):
+        start = time.perf_counter()
+        tau = temperature_schedule(epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(num)
+        batches = (
+            {k: v[order[i * local_batch : (i + 1) * local_batch]] for k, v in train_rows.items()}
+            for i in range(steps)
+        )
+        loss = _train_epoch(model, model, optimizer, scaler, cfg, epoch, tau, batches, steps, 0)
+        record = _epoch_record(epoch, loss, tau, 1, local_batch, steps, start)
+        if (epoch + 1) % validate_every == 0 or epoch + 1 == cfg.num_epochs:
+            chunks = range(0, len(val_rows["video_id"]), cfg.eval_batch_size)
+            val = ({k: v[i : i + cfg.eval_batch_size] for k, v in val_rows.items()} for i in chunks)
+            record["val"] = evaluate_batches(model, val)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(model, record)
+    return model, history
 
 
 def _train_epoch(
@@ -207,22 +284,12 @@ def _train_epoch(
     cfg: LoopConfig,
     epoch: int,
     tau: float,
-    local_batch: int,
+    batches: Iterable[dict[str, Any]],
     steps: int,
-    device: torch.device,
     rank: int,
 ) -> float:
-    import ray.train
-
     ddp.train()
-    shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_batches(
-        batch_size=local_batch,
-        batch_format="numpy",
-        drop_last=True,
-        local_shuffle_buffer_size=max(2 * local_batch, 64),
-        local_shuffle_seed=cfg.seed * 100_003 + epoch * 101 + rank,
-    )
+    device = model.device
     total, count = torch.zeros((), device=device), 0
     for step, batch in enumerate(batches):
         if step >= steps:
@@ -280,7 +347,7 @@ def _report(
     batches = val_iter.iter_batches(batch_size=eval_batch_size, batch_format="numpy")
     val = evaluate_batches(model, batches)
     record["val"] = val
-    metrics = {k: v for k, v in record.items() if k != "val"}
+    metrics = {k: v for k, v in record.items() if k not in ("val", "node_ids")}
     metrics.update({f"val_{k}": v for k, v in val.items()})
     with tempfile.TemporaryDirectory(prefix="adaclip-ckpt-") as tmp:
         save_epoch_checkpoint(model, optimizer, state, tmp)

@@ -42,6 +42,7 @@ class TrainRunResult:
     failures: list[dict[str, str]] = field(default_factory=list)
     decode_seconds: dict[str, float] = field(default_factory=dict)
     num_workers: int | tuple[int, int] = 1
+    num_nodes: int = 1  # distinct Ray nodes the workers of the last epoch ran on
 
 
 # ------------------------------------------------------------------ configuration
@@ -230,6 +231,7 @@ def finish_run(
         failures=failures,
         decode_seconds={role: s.decode_seconds for role, s in splits.items()},
         num_workers=settings.workers,
+        num_nodes=int(history[-1].get("num_nodes", 1)) if history else 1,
     )
     summary = dict(run_result.__dict__)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -1,0 +1,104 @@
+"""A 2-worker training run on a two-node Ray cluster started on this machine spans both nodes.
+
+The test session already holds a shared ``ray.init`` cluster (the ``ray_cluster``
+fixture), so the two-node cluster (``ray.cluster_utils.Cluster``: a head with no CPU and
+two nodes of 1 CPU each) runs in a subprocess, which puts back the
+``/tmp/ray/ray_current_cluster`` marker that ``Cluster()`` overwrites. A worker asks for
+0.6 CPU, so exactly one fits on each node. Every worker's Ray node id is all-gathered
+once by the training loop and reported per epoch (``node_ids``, ``num_nodes``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adaclip.synth import generate_dataset
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+TWO_NODE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from train.run import run_training
+    from train.settings import TrainSettings, parse_with_config
+
+    args = json.loads(sys.argv[1])
+    marker = "/tmp/ray/ray_current_cluster"  # Cluster() overwrites it: put it back after
+    saved = open(marker).read() if os.path.exists(marker) else None
+    mb = 1 << 20
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": 100 * mb,
+                        "include_dashboard": False},
+    )
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * mb) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        settings = parse_with_config(TrainSettings, args["flags"], "adaclip train")
+        result = run_training(settings)
+        print("RESULT " + json.dumps({
+            "head": cluster.head_node.node_id,
+            "nodes": [n.node_id for n in nodes],
+            "history": result.history,
+            "num_nodes": result.num_nodes,
+            "best_checkpoint": result.best_checkpoint,
+        }), flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            if os.path.exists(marker):
+                os.remove(marker)
+        else:
+            with open(marker, "w") as fh:
+                fh.write(saved)
+    """
+)
+
+
+@pytest.mark.timeout(150)
+def test_two_worker_run_spans_both_nodes(tmp_path: Path) -> None:
+    root = tmp_path / "synth"
+    generate_dataset(root, 12, seed=2, frames_per_video=8, size=32, splits=(0.67, 0.33, 0.0))
+    flags = [
+        "--videos-root", str(root), "--dataset", "synthetic", "--arch", "tiny",
+        "--num-candidates", "4", "--top-k", "2", "--frame-size", "32",
+        "--policy-resolution", "32", "--num-epochs", "1", "--batch-size", "4",
+        "--num-workers", "2", "--cpus-per-worker", "0.6", "--decode-cpus", "0.2",
+        "--storage-path", str(tmp_path / "storage"), "--name", "two-nodes",
+        "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODE_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps({"flags": flags})],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+
+    # training finished: one epoch, validated, exported
+    assert [r["epoch"] for r in result["history"]] == [0]
+    record = result["history"][0]
+    assert record["world_size"] == 2 and "t2v_R1" in record["val"]
+    assert Path(result["best_checkpoint"], "model.safetensors").is_file()
+    # the two workers ran on the two CPU nodes, one each (the head has no CPU)
+    assert len(record["node_ids"]) == 2
+    assert set(record["node_ids"]) == set(result["nodes"]), (record, result["nodes"])
+    assert record["num_nodes"] == result["num_nodes"] == 2
