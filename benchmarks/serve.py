@@ -8,8 +8,10 @@ MSR-VTT 1k-A test captions to `http://127.0.0.1:<port>/search`:
 
 - in process, before the server: `QueryEncoder.encode` + `VideoStore.search` (top_k 10)
   with the replica's torch thread count (Ray: floor(num_cpus), at least 1) and with all;
-- for three configurations: the default (the ingress encodes queries itself) and a
-  separate batched encoder deployment with batching on (`max_batch_size` 16) and off (1):
+- for four configurations: the default (the ingress encodes queries itself, behind Serve's
+  HTTP proxy), the same with Ray Serve's experimental direct ingress (the replica answers
+  HTTP itself: `--direct-ingress`; a Ray cluster of its own, started with the switch), and
+  a separate batched encoder deployment with batching on (`max_batch_size` 16) and off (1):
   p50/p99 latency and requests/s at concurrency 1 and 8, bounded request counts, every
   caption sent once (cache_size=0 too, so no cache hit can help); errors are counted;
 - Serve's overhead: HTTP p50 at concurrency 1 / in-process p50 of the same captions, run
@@ -27,7 +29,7 @@ not as `python benchmarks/serve.py`: that would put `benchmarks/` first on sys.p
 this file (`serve.py`) shadows the top-level `serve` package the script imports.
 
 The last line is `serve_p50_ms_c1: <ms> serve_overhead_ratio: <ratio>` (the server's default
-configuration). The 1000 captions hold 995 distinct texts: 200 + 120 requests per
+configuration). The 1000 captions hold 995 distinct texts: 150 + 96 requests per
 configuration, each text sent once over HTTP.
 """
 
@@ -51,6 +53,7 @@ import numpy as np
 from benchmarks.common import load_average, machine, msrvtt_test_captions, synthetic_records
 
 APP = "adaclip-bench"
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 
 
 @dataclass
@@ -284,8 +287,8 @@ def main() -> None:
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--videos", type=int, default=10_000)
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--c1-requests", type=int, default=200)
-    ap.add_argument("--c8-requests", type=int, default=120)
+    ap.add_argument("--c1-requests", type=int, default=150)
+    ap.add_argument("--c8-requests", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=16, help="max_batch_size, batching on")
     ap.add_argument("--batch-wait-s", type=float, default=0.005, help="batch_wait_timeout_s")
     ap.add_argument("--encoder-cpus", type=float, default=1.5)
@@ -307,6 +310,7 @@ def main() -> None:
     # (label, ServeSettings overrides); the first is the server's default configuration.
     configs: list[tuple[str, dict[str, object]]] = [
         ("ingress encodes (default)", {}),
+        ("ingress encodes, direct ingress (experimental)", {"direct_ingress": True}),
         (f"encoder deployment, batching on ({args.batch_size})", {"encode_in_ingress": False}),
         ("encoder deployment, batching off", {"encode_in_ingress": False, "max_batch_size": 1}),
     ]
@@ -356,20 +360,29 @@ def main() -> None:
             # Ray starts workers (replicas, proxy) at niceness 15 unless told otherwise: on a
             # shared machine they would lose the CPU to this driver and its in-process baseline.
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
-            port = free_port()
-            results: dict[str, tuple[LoadStats, LoadStats, float]] = {}
-            loads: dict[str, str] = {}
-            for name, overrides in configs:
-                c1_q, c8_q = slices[name]
-                results[name] = serve_config(
-                    args, checkpoint, qdrant, port, overrides, c1_q, c8_q, local
-                )
-                loads[name] = load_average()
             from ray import serve
 
-            serve.shutdown()
-            ray.shutdown()
+            results: dict[str, tuple[LoadStats, LoadStats, float]] = {}
+            loads: dict[str, str] = {}
+            # Direct ingress is a cluster-wide switch read at start: the configurations
+            # that use it get a Ray cluster of their own, started with it.
+            for direct in (False, True):
+                group = [c for c in configs if bool(c[1].get("direct_ingress")) is direct]
+                if not group:
+                    continue
+                if direct:
+                    os.environ[DIRECT_INGRESS_ENV] = "1"
+                ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+                port = free_port()
+                for name, overrides in group:
+                    c1_q, c8_q = slices[name]
+                    results[name] = serve_config(
+                        args, checkpoint, qdrant, port, overrides, c1_q, c8_q, local
+                    )
+                    loads[name] = load_average()
+                serve.shutdown()
+                ray.shutdown()
+                os.environ.pop(DIRECT_INGRESS_ENV, None)
         finally:
             local.close()
     finally:
@@ -435,6 +448,13 @@ def main() -> None:
     deploys = ", ".join(f"{n}: {results[n][2]:.0f} s" for n, _ in configs)
     print(f"deploy until /readyz: {deploys}")
     print(f"at end: {load_average()}; runtime {time.perf_counter() - t_start:.0f} s")
+    for name, overrides in configs[1:]:
+        if overrides.get("direct_ingress"):
+            c1_direct = results[name][0]
+            print(
+                f"serve_p50_ms_c1_direct_ingress: {c1_direct.p(50):.1f} "
+                f"serve_overhead_ratio_direct_ingress: {ratios[name]:.2f}"
+            )
     default = configs[0][0]
     c1_default = results[default][0]
     print(f"serve_p50_ms_c1: {c1_default.p(50):.1f} serve_overhead_ratio: {ratios[default]:.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,9 @@ def start_server(settings: ServeSettings) -> str:
     from serve.app import app_from_settings
 
     if not ray.is_initialized():
+        if settings.direct_ingress and not settings.ray_address:
+            # read by the controller and the replicas of the local cluster started here
+            os.environ[DIRECT_INGRESS_ENV] = "1"
         ray.init(address=settings.ray_address, log_to_driver=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(
@@ -46,7 +50,49 @@ def start_server(settings: ServeSettings) -> str:
             flush=True,
         )
     prefix = settings.route_prefix.rstrip("/")
+    if settings.direct_ingress:
+        direct = direct_ingress_url(client, settings.app_name, settings.host)
+        if direct is not None:
+            return f"{direct}{prefix}"
+        print(
+            f"note: direct ingress is not enabled in this Ray cluster (start it with "
+            f"{DIRECT_INGRESS_ENV}=1); serving through the Serve proxy",
+            flush=True,
+        )
     return f"http://{http.host}:{http.port}{prefix}"
+
+
+# Ray Serve's (experimental) direct ingress: ingress replicas run their own HTTP server.
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def direct_ingress_url(
+    client: Any, app_name: str, host: str, timeout_s: float = 120.0
+) -> str | None:
+    """``http://host:port`` of the app's ingress replica when direct ingress is on, else None.
+
+    Asks the Serve controller for the app's HTTP target group (Ray 2.60's
+    ``get_target_groups``); without direct ingress its targets are the proxies. The
+    replica binds the HTTP ``host`` option, so that is the address to call unless it
+    listens on every interface (then: the replica's node address).
+    """
+    import ray
+
+    controller = client._controller
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app_name))
+        http = [g for g in groups if str(g.protocol).upper().endswith("HTTP")]
+        targets = [t for g in http for t in g.targets]
+        if targets and all(t.name.startswith("SERVE_PROXY") for t in targets):
+            return None  # direct ingress is off: the targets are the proxies
+        replicas = [t for t in targets if not t.name.startswith("SERVE_PROXY")]
+        if replicas:
+            address = replicas[0].ip if host in ("0.0.0.0", "::", "") else host
+            return f"http://{address}:{replicas[0].port}"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no running ingress replica of {app_name!r} after {timeout_s:.0f}s")
+        time.sleep(0.5)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> None:

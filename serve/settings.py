@@ -65,6 +65,14 @@ class ServeSettings(StoreSettings):
             " and its extra hop (default: with an embedded store or without a GPU)"
         ),
     )
+    direct_ingress: bool = Field(
+        False,
+        description=(
+            "experimental: the ingress replica answers HTTP on its own port, without the"
+            " Serve proxy hop (Ray's RAY_SERVE_ENABLE_DIRECT_INGRESS; set for the local"
+            " cluster `adaclip serve` starts, a remote one must be started with it)"
+        ),
+    )
     max_batch_size: int = Field(16, ge=1, description="queries per text encoder batch (1: off)")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="how long a batch waits to fill up, seconds"
