@@ -14,9 +14,6 @@ import http.client
 import io
 import itertools
 import json
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +34,7 @@ from adaclip.decode import decode_candidates
 from adaclip.synth import generate_dataset
 from pipelines.index import main, run_index
 from pipelines.store import open_store
+from tests.fresh_ray import run_with_own_cluster
 from tests.pipelines.conftest import index_settings
 
 pytestmark = pytest.mark.integration
@@ -388,9 +386,9 @@ def test_flaky_s3_endpoint_still_indexes_everything(
 
 # ---- 3. placement on two nodes ------------------------------------------------------------
 
-TWO_NODE_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys, time
+TWO_NODE_SCRIPT = """
+def main(args):
+    import time
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
@@ -398,9 +396,6 @@ TWO_NODE_SCRIPT = textwrap.dedent(
     from pipelines.index import run_index
     from pipelines.settings import IndexSettings
 
-    args = json.loads(sys.argv[1])
-    marker = "/tmp/ray/ray_current_cluster"  # Cluster() overwrites it: put it back after
-    saved = open(marker).read() if os.path.exists(marker) else None
     mb = 1 << 20
     cluster = Cluster(
         initialize_head=True,
@@ -436,25 +431,18 @@ TWO_NODE_SCRIPT = textwrap.dedent(
             }:
                 break
             time.sleep(1)
-        print("RESULT " + json.dumps({
+        return {
             "head": cluster.head_node.node_id,
             "decode_node": decode_node.node_id,
             "model_node": model_node.node_id,
             "actors": actors,
             "indexed": summary.indexed,
             "failed": summary.failed,
-        }), flush=True)
+        }
     finally:
         ray.shutdown()
         cluster.shutdown()
-        if saved is None:
-            if os.path.exists(marker):
-                os.remove(marker)
-        else:
-            with open(marker, "w") as fh:
-                fh.write(saved)
-    """
-)
+"""
 
 
 def node_resources(path: Path = REPO / "ray_cluster.yaml") -> tuple[str, str]:
@@ -477,8 +465,6 @@ def test_two_node_cluster_places_decode_and_model_actors(
 ) -> None:
     decode_resource, model_resource = node_resources()
     assert (decode_resource, model_resource) == ("cpu_worker", "gpu_worker")  # as documented
-    script = tmp_path / "two_nodes.py"
-    script.write_text(TWO_NODE_SCRIPT)
     args = {
         "decode_resource": decode_resource,
         "model_resource": model_resource,
@@ -495,16 +481,7 @@ def test_two_node_cluster_places_decode_and_model_actors(
             "use_gpu": False,
         },
     }
-    proc = subprocess.run(
-        [sys.executable, str(script), json.dumps(args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = run_with_own_cluster(TWO_NODE_SCRIPT, args, tmp_path, timeout_s=180)
     assert (result["indexed"], result["failed"]) == (NUM_GOOD, 0)
     nodes = {result["head"], result["decode_node"], result["model_node"]}
     assert len(nodes) == 3, result

@@ -1,37 +1,30 @@
 """`direct_ingress`: the ingress replica answers HTTP itself, without Serve's proxy hop.
 
 Ray reads RAY_SERVE_ENABLE_DIRECT_INGRESS when the cluster starts, so this runs a fresh
-local cluster in a subprocess (this session's shared cluster was started without it) and
-puts back the `/tmp/ray/ray_current_cluster` marker the new cluster overwrites.
+local cluster in a subprocess (`tests.fresh_ray`): this session's shared cluster was
+started without it.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from serve_fixtures import IndexedVideos
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fresh_ray import run_with_own_cluster
 
-SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys, urllib.request
-    marker = "/tmp/ray/ray_current_cluster"
-    saved = open(marker).read() if os.path.exists(marker) else None
+SCRIPT = """
+def main(args):
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    import urllib.request
     import ray
     from ray import serve
     from serve.cli import start_server, wait_ready
     from serve.settings import ServeSettings
 
-    args = json.loads(sys.argv[1])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         url = start_server(ServeSettings(**args["settings"], direct_ingress=True))
@@ -46,21 +39,13 @@ SCRIPT = textwrap.dedent(
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return json.loads(resp.read())["results"]
 
-        out = {"url": url, "proxy": proxy,
-               "direct": [search(url, q) for q in args["queries"]],
-               "via_proxy": [search(proxy, q) for q in args["queries"]]}
-        print("RESULT " + json.dumps(out), flush=True)
+        return {"url": url, "proxy": proxy,
+                "direct": [search(url, q) for q in args["queries"]],
+                "via_proxy": [search(proxy, q) for q in args["queries"]]}
     finally:
         serve.shutdown()
         ray.shutdown()
-        if saved is None:
-            if os.path.exists(marker):
-                os.remove(marker)
-        else:
-            with open(marker, "w") as fh:
-                fh.write(saved)
-    """
-)
+"""
 
 
 def _free_port() -> int:
@@ -87,18 +72,8 @@ def test_direct_ingress_answers_like_the_proxy(
         "max_replicas": 1,
     }
     queries = [caps[0] for caps in list(indexed_videos.captions.values())[:3]]
-    script = tmp_path / "direct.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), json.dumps({"settings": settings, "queries": queries})],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    args = {"settings": settings, "queries": queries}
+    result = run_with_own_cluster(SCRIPT, args, tmp_path, timeout_s=220)
     # the app's own HTTP server, on the replica's port, not the proxy's
     assert result["url"].startswith("http://127.0.0.1:") and result["url"] != result["proxy"]
     # the same app behind both: identical hits for every query

@@ -2,40 +2,30 @@
 
 The test session already holds a shared ``ray.init`` cluster (the ``ray_cluster``
 fixture), so the two-node cluster (``ray.cluster_utils.Cluster``: a head with no CPU and
-two nodes of 1 CPU each) runs in a subprocess, which puts back the
-``/tmp/ray/ray_current_cluster`` marker that ``Cluster()`` overwrites. A worker asks for
+two nodes of 1 CPU each) runs in a subprocess (``tests.fresh_ray``). A worker asks for
 0.6 CPU, so exactly one fits on each node. Every worker's Ray node id is all-gathered
 once by the training loop and reported per epoch (``node_ids``, ``num_nodes``).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from adaclip.synth import generate_dataset
+from tests.fresh_ray import run_with_own_cluster
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-
-TWO_NODE_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
+TWO_NODE_SCRIPT = """
+def main(args):
     import ray
     from ray.cluster_utils import Cluster
 
     from train.run import run_training
     from train.settings import TrainSettings, parse_with_config
 
-    args = json.loads(sys.argv[1])
-    marker = "/tmp/ray/ray_current_cluster"  # Cluster() overwrites it: put it back after
-    saved = open(marker).read() if os.path.exists(marker) else None
     mb = 1 << 20
     cluster = Cluster(
         initialize_head=True,
@@ -48,24 +38,17 @@ TWO_NODE_SCRIPT = textwrap.dedent(
         ray.init(address=cluster.address, log_to_driver=False)
         settings = parse_with_config(TrainSettings, args["flags"], "adaclip train")
         result = run_training(settings)
-        print("RESULT " + json.dumps({
+        return {
             "head": cluster.head_node.node_id,
             "nodes": [n.node_id for n in nodes],
             "history": result.history,
             "num_nodes": result.num_nodes,
             "best_checkpoint": result.best_checkpoint,
-        }), flush=True)
+        }
     finally:
         ray.shutdown()
         cluster.shutdown()
-        if saved is None:
-            if os.path.exists(marker):
-                os.remove(marker)
-        else:
-            with open(marker, "w") as fh:
-                fh.write(saved)
-    """
-)
+"""
 
 
 @pytest.mark.timeout(150)
@@ -80,18 +63,7 @@ def test_two_worker_run_spans_both_nodes(tmp_path: Path) -> None:
         "--storage-path", str(tmp_path / "storage"), "--name", "two-nodes",
         "--output", str(tmp_path / "out"),
     ]  # fmt: skip
-    script = tmp_path / "two_nodes.py"
-    script.write_text(TWO_NODE_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), json.dumps({"flags": flags})],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=140,
-    )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = run_with_own_cluster(TWO_NODE_SCRIPT, {"flags": flags}, tmp_path, timeout_s=140)
 
     # training finished: one epoch, validated, exported
     assert [r["epoch"] for r in result["history"]] == [0]
