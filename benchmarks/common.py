@@ -98,3 +98,36 @@ def synthetic_records(video: Any, frames: Any, start: int, model_id: str) -> lis
         )
         for i in range(len(video))
     ]
+
+
+def write_scrolling_clip(
+    path: Path,
+    field: Any,
+    grain: Any,
+    seconds: int,
+    fps: int,
+    width: int,
+    height: int,
+    x264: dict[str, str],
+) -> Path:
+    """Write (once) an H.264 MP4 scrolling through ``field`` (2H x 2W x 3) plus ``grain``.
+
+    The window moves 2 px down and 3 px right per frame (real motion for the encoder);
+    ``grain`` (G, H, W, 3) cycles frame by frame. The file is written under a temporary
+    name and renamed, so an interrupted run never leaves a truncated clip in the cache.
+    """
+    if path.exists():
+        return path
+    import av
+
+    partial = path.with_suffix(".partial.mp4")
+    with av.open(str(partial), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "23", **x264})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(seconds * fps):
+            y, x = (2 * i) % height, (3 * i) % width
+            image = field[y : y + height, x : x + width] + grain[i % len(grain)]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    partial.rename(path)
+    return path

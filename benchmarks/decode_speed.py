@@ -27,7 +27,7 @@ import av
 import numpy as np
 
 from adaclip.decode import decode_candidates
-from benchmarks.common import machine
+from benchmarks.common import machine, write_scrolling_clip
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -45,17 +45,7 @@ def make_clip(
     rng = np.random.default_rng(0)
     field = _texture(rng, 2 * height, 2 * width)
     grain = rng.integers(0, 5, (8, height, width, 3), dtype=np.uint8)
-    partial = path.with_suffix(".partial.mp4")
-    with av.open(str(partial), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23", **x264})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(seconds * fps):
-            y, x = (2 * i) % height, (3 * i) % width
-            image = field[y : y + height, x : x + width] + grain[i % 8]
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode(None))
-    partial.rename(path)
-    return path
+    return write_scrolling_clip(path, field, grain, seconds, fps, width, height, x264)
 
 
 def ffmpeg_full_decode(path: Path) -> None:

@@ -92,25 +92,16 @@ def make_clip(
     """Write (once) an H.264 MP4: a smooth colour field scrolling, with light grain."""
     if path.exists():
         return path
-    import av
     from PIL import Image
+
+    from benchmarks.common import write_scrolling_clip
 
     rng = np.random.default_rng(seed)
     cells = rng.integers(0, 250, (height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
     field_img = Image.fromarray(cells).resize((2 * width, 2 * height), Image.Resampling.BICUBIC)
     field_px = np.minimum(np.asarray(field_img), 250).astype(np.uint8)
     grain = rng.integers(0, 5, (8, height, width, 3), dtype=np.uint8)
-    partial = path.with_suffix(".partial.mp4")
-    with av.open(str(partial), mode="w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "23", **x264})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(seconds * FPS):
-            y, x = (2 * i) % height, (3 * i) % width
-            image = field_px[y : y + height, x : x + width] + grain[i % 8]
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode(None))
-    partial.rename(path)
-    return path
+    return write_scrolling_clip(path, field_px, grain, seconds, FPS, width, height, x264)
 
 
 def make_clips(cache: Path) -> tuple[list[Clip], list[Clip]]:
