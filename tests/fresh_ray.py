@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 _WRAPPER = """\
 import json, os, sys
+sys.path.insert(0, {repo!r})  # for tests.fresh_ray.start_cluster
 _marker = "/tmp/ray/ray_current_cluster"
 _saved = open(_marker).read() if os.path.exists(_marker) else None
 try:
@@ -36,6 +37,32 @@ finally:
 """
 
 
+def start_cluster(
+    node_args: list[dict[str, Any]], dashboard: bool = False
+) -> tuple[Any, list[Any]]:
+    """In the child: a multi-node cluster on this machine, connected to; (cluster, nodes).
+
+    The head has no CPU, so work lands only on the nodes described by ``node_args``
+    (``Cluster.add_node`` keyword arguments; 100 MiB object store each unless given).
+    The caller shuts down Ray and the cluster.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    mb = 1 << 20
+    head: dict[str, Any] = {"num_cpus": 0, "object_store_memory": 100 * mb}
+    head |= (
+        {"include_dashboard": True, "dashboard_port": None}
+        if dashboard
+        else {"include_dashboard": False}
+    )
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    nodes = [cluster.add_node(**{"object_store_memory": 100 * mb, **a}) for a in node_args]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster, nodes
+
+
 def run_with_own_cluster(
     body: str, args: dict[str, Any], workdir: Path, timeout_s: float
 ) -> dict[str, Any]:
@@ -45,7 +72,8 @@ def run_with_own_cluster(
     The child runs in the repository root, so the project's packages import.
     """
     script = workdir / "own_cluster.py"
-    script.write_text(_WRAPPER.format(body=textwrap.indent(textwrap.dedent(body), "    ")))
+    code = textwrap.indent(textwrap.dedent(body), "    ")
+    script.write_text(_WRAPPER.format(repo=str(REPO), body=code))
     proc = subprocess.run(
         [sys.executable, str(script), json.dumps(args)],
         cwd=REPO,

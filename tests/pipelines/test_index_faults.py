@@ -390,27 +390,18 @@ TWO_NODE_SCRIPT = """
 def main(args):
     import time
     import ray
-    from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
     from pipelines.index import run_index
     from pipelines.settings import IndexSettings
+    from tests.fresh_ray import start_cluster
 
-    mb = 1 << 20
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": 100 * mb,
-                        "include_dashboard": True, "dashboard_port": None},
+    cluster, (decode_node, model_node) = start_cluster(
+        [{"num_cpus": 1, "resources": {args["decode_resource"]: 1000}},
+         {"num_cpus": 1, "resources": {args["model_resource"]: 1000}}],
+        dashboard=True,  # the state API (list_actors) needs it
     )
     try:
-        decode_node = cluster.add_node(
-            num_cpus=1, resources={args["decode_resource"]: 1000},
-            object_store_memory=100 * mb)
-        model_node = cluster.add_node(
-            num_cpus=1, resources={args["model_resource"]: 1000},
-            object_store_memory=100 * mb)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
         settings = IndexSettings(
             decode_resources={args["decode_resource"]: 0.001},
             model_resources={args["model_resource"]: 0.001},

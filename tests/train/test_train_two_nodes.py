@@ -21,21 +21,13 @@ pytestmark = pytest.mark.integration
 TWO_NODE_SCRIPT = """
 def main(args):
     import ray
-    from ray.cluster_utils import Cluster
 
+    from tests.fresh_ray import start_cluster
     from train.run import run_training
     from train.settings import TrainSettings, parse_with_config
 
-    mb = 1 << 20
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": 100 * mb,
-                        "include_dashboard": False},
-    )
+    cluster, nodes = start_cluster([{"num_cpus": 1}, {"num_cpus": 1}])
     try:
-        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * mb) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
         settings = parse_with_config(TrainSettings, args["flags"], "adaclip train")
         result = run_training(settings)
         return {
