@@ -93,13 +93,30 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=48, help="frames per video")
     parser.add_argument("--fps", type=int, default=8, help="frames per second")
     parser.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    parser.add_argument(
+        "--concepts",
+        type=int,
+        default=None,
+        help="distinct (colour, shape, motion) triples; val/test then show triples seen in "
+        "train (default: every clip a new triple)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.5,
+        help="share of uninformative stretches that are grey noise rather than black",
+    )
     args = parser.parse_args(argv)
 
     from adaclip.synth import generate_dataset
 
-    files = generate_dataset(
-        args.out, args.videos, args.seed, frames_per_video=args.frames, fps=args.fps, size=args.size
-    )
+    try:
+        files = generate_dataset(
+            args.out, args.videos, args.seed, frames_per_video=args.frames, fps=args.fps,
+            size=args.size, concepts=args.concepts, noise=args.noise,
+        )  # fmt: skip
+    except ValueError as exc:
+        parser.error(str(exc))
     for split, path in files.items():
         print(f"{split}: {path}")
     return 0

@@ -1,7 +1,8 @@
 """Deterministic synthetic videos: a captioned toy dataset and frame-index test videos.
 
 ``generate_dataset`` writes small H.264 MP4 clips of one coloured shape moving across a
-grey background, captioned from its (colour, shape, motion) triple, with stretches of
+grey background, trailing a fading copy of itself so that each frame shows the direction,
+captioned from its (colour, shape, motion) triple, with stretches of
 black or noise frames that carry no information, so that choosing frames matters.
 Annotation files follow the paper's schema (METHOD.md section 10).
 
@@ -67,6 +68,10 @@ _TEMPLATES = (
     "a video of {a} {color} {shape} travelling {phrase}",
 )
 _SPLITS = ("train", "val", "test")
+_RADIUS = (0.2, 0.28)  # shape radius as a share of the frame: 2-3.5 CLIP patches of 16 px
+# (lag in radii behind the shape, opacity): the shape and its fading trail. Aggregating
+# frames is order-free (METHOD section 5), so one frame must show which way it moves.
+_TRAIL = ((1.2, 0.25), (0.6, 0.5), (0.0, 1.0))
 
 _PAINT_LEVELS = 6  # per RGB channel: values 0, 51, ..., 255
 _PAINT_STEP = 255 // (_PAINT_LEVELS - 1)
@@ -97,6 +102,7 @@ def generate_dataset(
     uninformative: tuple[float, float] = (0.3, 0.5),
     noise: float = 0.5,
     anywhere: bool = False,
+    concepts: int | None = None,
 ) -> dict[str, Path]:
     """Write ``num_videos`` captioned clips and their train/val/test annotation files.
 
@@ -116,6 +122,13 @@ def generate_dataset(
         anywhere: shift each clip's informative frames by a random (cyclic) offset, so
             they are no likelier at the ends of the clip than elsewhere (by default a
             clip often starts or ends with informative frames).
+        concepts: number of distinct (colour, shape, motion) triples the clips show
+            (None: every clip a new triple, up to all 128). With a number, clip ``i`` shows
+            triple ``i % concepts`` (each clip drawn afresh: background, size, path,
+            uninformative stretches, caption wording) and the split puts clips of distinct
+            triples in val and test, each triple also seen in train: held-out clips and
+            captions of known concepts, as in a retrieval benchmark's test split. Without
+            it, held-out clips show triples never seen in training (compositional).
 
     Returns:
         ``{"train": path, "val": path, "test": path}`` of the annotation files.
@@ -126,6 +139,9 @@ def generate_dataset(
         raise ValueError(f"uninformative must be 0 <= low <= high < 1, got {uninformative}")
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}")
+    num_combos = len(COLORS) * len(SHAPES) * len(MOTIONS)
+    if concepts is not None and not 1 <= concepts <= num_combos:
+        raise ValueError(f"concepts must be in 1..{num_combos}, got {concepts}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -133,7 +149,7 @@ def generate_dataset(
     order = rng.permutation(len(combos))
     specs: list[VideoSpec] = []
     for i in range(num_videos):
-        color, shape, motion = combos[order[i % len(combos)]]
+        color, shape, motion = combos[order[i % (concepts or len(combos))]]
         video_rng = np.random.default_rng([seed, i])
         spec = _make_spec(
             f"video{i:05d}", color, shape, motion, frames_per_video, video_rng, uninformative
@@ -147,7 +163,11 @@ def generate_dataset(
 
     duration = frames_per_video / fps
     paths: dict[str, Path] = {}
-    for split, members in zip(_SPLITS, _split(num_videos, splits, rng), strict=True):
+    if concepts is None:
+        members_by_split = _split(num_videos, splits, rng)
+    else:
+        members_by_split = _split_known_concepts(num_videos, splits, rng, concepts)
+    for split, members in zip(_SPLITS, members_by_split, strict=True):
         annots = {
             specs[i].video_id: {
                 "extension": "mp4",
@@ -220,7 +240,7 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float =
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     level = rng.uniform(70, 110)
     background = np.clip(level + 25 * (yy / size - 0.5) + 10 * (xx / size), 0, 255)
-    radius = size * rng.uniform(0.12, 0.18)
+    radius = size * rng.uniform(*_RADIUS)
     dy, dx = MOTIONS[spec.motion]
     cross_axis = rng.uniform(0.3, 0.7) * size
     frames = np.empty((num, size, size, 3), dtype=np.uint8)
@@ -237,11 +257,14 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float =
                 frames[t] = np.kron(cells, np.ones((8, 8), np.uint8))[:size, :size, None]
             continue
         along = (0.2 + 0.6 * t / (num - 1)) * size  # 20% -> 80% of the frame
-        cy = cross_axis if dy == 0 else (along if dy > 0 else size - along)
-        cx = cross_axis if dx == 0 else (along if dx > 0 else size - along)
-        mask = _shape_mask(spec.shape, yy - cy, xx - cx, radius)
         frame = np.repeat(background[..., None], 3, axis=2)
-        frame[mask] = COLORS[spec.color]
+        color = np.array(COLORS[spec.color], np.float32)
+        for lag, alpha in _TRAIL:
+            a = along - lag * radius
+            cy = cross_axis if dy == 0 else (a if dy > 0 else size - a)
+            cx = cross_axis if dx == 0 else (a if dx > 0 else size - a)
+            mask = _shape_mask(spec.shape, yy - cy, xx - cx, radius)
+            frame[mask] = (1 - alpha) * frame[mask] + alpha * color
         frames[t] = frame.astype(np.uint8)
     return frames
 
@@ -297,6 +320,24 @@ def _split(
     n_val, n_test = counts
     n_train = num - n_val - n_test
     return [order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]]
+
+
+def _split_known_concepts(
+    num: int, fractions: tuple[float, float, float], rng: np.random.Generator, concepts: int
+) -> list[list[int]]:
+    """Like ``_split``, for clip ``i`` showing concept ``i % concepts``: val and test hold
+    one clip each of distinct concepts, every one of which keeps a clip in train."""
+    _, n_val, n_test = (len(part) for part in _split(num, fractions, rng))
+    repeated = [c for c in range(concepts) if c + concepts < num]  # >= 2 clips
+    if n_val + n_test > len(repeated):
+        raise ValueError(
+            f"val + test need {n_val + n_test} concepts with two or more clips; "
+            f"{num} clips of {concepts} concepts have {len(repeated)}"
+        )
+    chosen = rng.permutation(repeated)[: n_val + n_test]
+    held_out = [int(c + concepts * rng.integers(len(range(c, num, concepts)))) for c in chosen]
+    train = sorted(set(range(num)) - set(held_out))
+    return [train, held_out[:n_val], held_out[n_val:]]
 
 
 def _write_json(path: Path, data: object) -> None:

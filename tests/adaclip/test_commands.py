@@ -50,6 +50,16 @@ def test_synth_command_writes_videos_and_splits(tmp_path: Path) -> None:
     assert sorted(ids) == sorted(p.stem for p in tmp_path.glob("*.mp4")) and len(ids) == 5
 
 
+def test_synth_command_concepts_and_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["synth", str(tmp_path), "--videos", "12", "--frames", "8", "--size", "16"]
+    assert main([*args, "--concepts", "4", "--noise", "0"]) == 0
+    meta = json.loads((tmp_path / "synth_meta.json").read_text())["videos"]
+    assert len({(v["color"], v["shape"], v["motion"]) for v in meta.values()}) == 4
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--concepts", "999"])
+    assert exit_info.value.code == 2 and "concepts must be in 1..128" in capsys.readouterr().err
+
+
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nope"]) == 2
     assert "unknown command" in capsys.readouterr().err

@@ -118,6 +118,49 @@ def test_captions_describe_the_pixels(dataset: Path) -> None:
         assert spec["shape"] in SHAPES
 
 
+def test_each_frame_shows_the_direction_by_its_trail(dataset: Path) -> None:
+    """The faded copies lie behind the shape: one frame tells which way it moves."""
+    meta = json.loads((dataset / "synth_meta.json").read_text())
+    for video_id, spec in meta["videos"].items():
+        informative = spec["informative"]
+        video = decode_candidates(dataset / f"{video_id}.mp4", len(informative), size=None)
+        t = len(informative) // 2 + int(np.argmax(informative[len(informative) // 2 :]))
+        if not informative[t]:
+            continue
+        frame = video.frames[t].astype(np.float64)
+        color = np.array(COLORS[spec["color"]], dtype=np.float64)
+        background = np.median(frame.reshape(-1, 3), axis=0)
+        # Share of the shape's colour in each pixel: 1 solid, ~0.5 and ~0.25 the trail.
+        alpha = ((frame - background) @ (color - background)) / np.sum((color - background) ** 2)
+        solid = np.argwhere(alpha > 0.85).mean(axis=0)
+        trail = np.argwhere((alpha > 0.15) & (alpha < 0.6)).mean(axis=0)
+        assert float(np.dot(solid - trail, MOTIONS[spec["motion"]])) > 2, video_id
+
+
+def test_concepts_hold_out_new_clips_of_concepts_seen_in_training(tmp_path: Path) -> None:
+    paths = generate_dataset(
+        tmp_path, 40, seed=1, frames_per_video=4, size=16, concepts=8, splits=(0.8, 0.1, 0.1)
+    )
+    meta = json.loads((tmp_path / "synth_meta.json").read_text())["videos"]
+
+    def concept(video_id: str) -> tuple[str, str, str]:
+        return meta[video_id]["color"], meta[video_id]["shape"], meta[video_id]["motion"]
+
+    splits = {s: list(json.loads(paths[s].read_text())) for s in ("train", "val", "test")}
+    assert [len(v) for v in splits.values()] == [32, 4, 4]
+    held_out = [concept(v) for v in splits["val"] + splits["test"]]
+    assert len(set(held_out)) == 8  # one clip each of distinct concepts ...
+    assert set(held_out) <= {concept(v) for v in splits["train"]}  # ... all seen in training
+    assert len({concept(v) for v in meta}) == 8
+    assert all(concept(f"video{i:05d}") == concept(f"video{i % 8:05d}") for i in range(40))
+    # Clips of one concept are drawn afresh: different bytes.
+    assert (tmp_path / "video00000.mp4").read_bytes() != (tmp_path / "video00008.mp4").read_bytes()
+    with pytest.raises(ValueError, match="two or more clips"):
+        generate_dataset(tmp_path / "few", 10, seed=1, size=16, concepts=8, splits=(0.2, 0.4, 0.4))
+    with pytest.raises(ValueError, match="concepts"):
+        generate_dataset(tmp_path / "bad", 4, seed=1, size=16, concepts=0)
+
+
 def test_split_fractions_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         generate_dataset(tmp_path, 4, seed=0, splits=(0.5, 0.5, 0.5))

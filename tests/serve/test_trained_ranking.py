@@ -3,6 +3,14 @@
 The whole product path on a real trained model: Ray Train on the synthetic training
 split, the ingestion job over the held-out (val + test) videos, and real HTTP queries
 through Ray Serve on 127.0.0.1.
+
+The data are 160 clips of 16 (colour, shape, motion) concepts: the 16 held-out clips and
+their captions are new, each of a different concept seen in training (a retrieval
+benchmark's test split), and uninformative stretches are black (``noise=0``), so a clip
+cannot be told apart by its own noise. Measured in process with this recipe on data seeds
+7-12: held-out top-1 of the best-by-validation model 78-90% over all captions. With
+every held-out clip a concept never seen in training (compositional), the tiny CLIP trained
+from scratch reached only 25-69%, and with 80 clips of noisy cuts 55-83%.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ def trained(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
     root = tmp_path_factory.mktemp("trained")
     bucket = root / "bucket"
-    generate_dataset(bucket, 80, seed=7)
+    generate_dataset(bucket, 160, seed=7, concepts=16, noise=0.0, splits=(0.9, 0.05, 0.05))
     settings = parse_with_config(
         TrainSettings,
         ["--config", str(CONFIG), "--videos-root", str(bucket), "--num-workers", "2",
@@ -81,16 +89,14 @@ def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -
     )  # fmt: skip
     url = start_server(settings)
     try:
-        top1 = top3 = 0
-        for video_id, entry in held_out.items():
-            ids = [hit["video_id"] for hit in _search(url, entry["sentences"][0])]
-            top1 += ids[0] == video_id
-            top3 += video_id in ids[:3]
-        n = len(held_out)
-        # Robust across training seeds: the own video is in the top 3 for most captions
-        # and first far more often than chance (a strict top-1 majority holds in some runs
-        # only: the tiny model trains for two minutes on 64 videos).
-        assert top3 / n > 0.5, f"top-3 {top3}/{n}"
-        assert top1 >= 3, f"top-1 {top1}/{n}: not 3x chance (1/{n})"
+        queries = [(vid, text) for vid, entry in held_out.items() for text in entry["sentences"]]
+        ranks = []
+        for video_id, text in queries:
+            ids = [hit["video_id"] for hit in _search(url, text)]
+            ranks.append(ids.index(video_id) + 1 if video_id in ids else None)
+        first = sum(rank == 1 for rank in ranks)
+        print(f"own video first for {first}/{len(queries)} held-out captions, ranks {ranks}")
+        assert len(held_out) == 16 and len(queries) >= 32
+        assert first > len(queries) / 2, f"own video first for {first}/{len(queries)}: {ranks}"
     finally:
         serve.shutdown()  # later tests start Serve with their own HTTP options
