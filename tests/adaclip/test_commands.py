@@ -50,7 +50,9 @@ def test_synth_command_writes_videos_and_splits(tmp_path: Path) -> None:
     assert sorted(ids) == sorted(p.stem for p in tmp_path.glob("*.mp4")) and len(ids) == 5
 
 
-def test_synth_command_concepts_and_noise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_synth_command_concepts_and_noise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["synth", str(tmp_path), "--videos", "12", "--frames", "8", "--size", "16"]
     assert main([*args, "--concepts", "4", "--noise", "0"]) == 0
     meta = json.loads((tmp_path / "synth_meta.json").read_text())["videos"]

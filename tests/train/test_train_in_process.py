@@ -77,6 +77,8 @@ def test_synth_noise_zero_makes_every_uninformative_frame_black(tmp_path: Path) 
 #   (3,0) 31.5/84.3 vs 21.3/36.0   (3,1) 40.4/88.8 vs 27.0/37.1   (3,2) 43.8/93.3 vs 19.1/36.0
 #   (4,0) 12.6/57.5 vs 20.7/35.6   (4,1) 36.8/87.4 vs 19.5/35.6   (4,2)  8.0/44.8 vs 23.0/32.2
 #   (5,0) 11.0/41.8 vs 20.9/29.7   (5,1) 68.1/100. vs 12.1/27.5   (6,0) 15.7/67.4 vs 30.3/44.9
+# (measured before synth drew shapes larger and with a motion trail; since then row (3,0)
+# gives 47.2/97.8 vs 24.7/38.2, kept-informative 1.00 vs 0.39).
 # This test is row (3,0) (two torch threads gave 23.6/75.3 vs 21.3/36.0). R@5 margin >= 12
 # on all of them (>= 39 on data seed 3, which this test uses), the share of clips with an
 # informative kept frame 0.72-1.00 vs 0.31-0.44. The R@1 margin is NOT robust at this
