@@ -1,9 +1,9 @@
 """Deterministic synthetic videos: a captioned toy dataset and frame-index test videos.
 
 ``generate_dataset`` writes small H.264 MP4 clips of one coloured shape moving across a
-grey background, trailing a fading copy of itself so that each frame shows the direction,
-captioned from its (colour, shape, motion) triple, with stretches of
-black or noise frames that carry no information, so that choosing frames matters.
+grey background, trailing fading copies of itself so that each frame shows the direction,
+captioned from its (colour, shape, motion) triple, with stretches of black or noise frames
+that carry no information, so that choosing frames matters.
 Annotation files follow the paper's schema (METHOD.md section 10).
 
 ``paint_index_video`` writes a video whose frame ``i`` is filled with a colour that
@@ -260,9 +260,9 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float =
         frame = np.repeat(background[..., None], 3, axis=2)
         color = np.array(COLORS[spec.color], np.float32)
         for lag, alpha in _TRAIL:
-            a = along - lag * radius
-            cy = cross_axis if dy == 0 else (a if dy > 0 else size - a)
-            cx = cross_axis if dx == 0 else (a if dx > 0 else size - a)
+            at = along - lag * radius  # distance travelled by this copy
+            cy = cross_axis if dy == 0 else (at if dy > 0 else size - at)
+            cx = cross_axis if dx == 0 else (at if dx > 0 else size - at)
             mask = _shape_mask(spec.shape, yy - cy, xx - cx, radius)
             frame[mask] = (1 - alpha) * frame[mask] + alpha * color
         frames[t] = frame.astype(np.uint8)
