@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from pipelines.settings import StoreSettings, parse_settings
 from pipelines.store import DEFAULT_QDRANT_PATH, open_store
@@ -24,10 +25,10 @@ class LsSettings(StoreSettings):
     collection: str = Field(description="Qdrant collection to list")  # type: ignore[assignment]
     uri_prefix: str | None = Field(None, description="list only videos whose URI starts with it")
     json_lines: bool = Field(
-        False,
-        alias="json",
-        description="one JSON object per video on stdout (the count goes to stderr)",
+        False, description="one JSON object per video on stdout (the count goes to stderr)"
     )
+    # ``--json`` too; the field cannot be called ``json`` (BaseModel.json).
+    model_config = SettingsConfigDict(cli_shortcuts={"json-lines": "json"})
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> list[str]:

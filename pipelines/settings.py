@@ -118,17 +118,20 @@ def settings_reference(models: Sequence[type[JobSettings]]) -> list[dict[str, An
     """Flag, variable, default and description of every field, for the README."""
     rows: list[dict[str, Any]] = []
     for model in models:
+        shortcuts = model.model_config.get("cli_shortcuts") or {}
         for name, field in model.model_fields.items():
             positional = any(
                 getattr(m, "__name__", "") == "_CliPositionalArg" for m in field.metadata
             )
-            flag_name = field.alias or name  # an alias is the flag and the variable
+            flag = name.replace("_", "-")
+            extra = shortcuts.get(flag, [])
+            flags = [flag, *([extra] if isinstance(extra, str) else extra)]
             rows.append(
                 {
                     "settings": model.__name__,
-                    "flag": name.upper() if positional else "--" + flag_name.replace("_", "-"),
+                    "flag": name.upper() if positional else ", ".join(f"--{f}" for f in flags),
                     "positional": positional,
-                    "env": flag_name.upper() if field.alias else "ADACLIP_" + name.upper(),
+                    "env": "ADACLIP_" + name.upper(),
                     "default": None
                     if field.is_required()
                     else field.get_default(call_default_factory=True),

@@ -50,6 +50,21 @@ def test_ls_json_lines(filled_index: Path, capsys: pytest.CaptureFixture[str]) -
     assert captured.err.strip() == "2 videos in videos"
 
 
+def test_ls_json_lines_flag_and_variable(
+    filled_index: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["ls", "--collection", "videos", "--qdrant-path", str(filled_index)]
+    monkeypatch.setenv("JSON", "true")  # a generic name: not read
+    assert adaclip_main(argv) == 0
+    assert capsys.readouterr().out.startswith("URI")
+    for extra, env in (["--json-lines"], None), ([], "true"):
+        if env:
+            monkeypatch.setenv("ADACLIP_JSON_LINES", env)
+        assert adaclip_main(argv + extra) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3 and all(json.loads(line)["uri"] for line in lines)
+
+
 def test_ls_missing_collection_is_one_line_error(
     filled_index: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
