@@ -246,6 +246,7 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float =
     frames = np.empty((num, size, size, 3), dtype=np.uint8)
     noise_cells = -(-size // 8)
     blank = True
+    color = np.array(COLORS[spec.color], np.float32)
     for t in range(num):
         if not spec.informative[t]:
             if t == 0 or spec.informative[t - 1]:  # a new stretch: black or grey noise
@@ -258,7 +259,6 @@ def _render(spec: VideoSpec, size: int, rng: np.random.Generator, noise: float =
             continue
         along = (0.2 + 0.6 * t / (num - 1)) * size  # 20% -> 80% of the frame
         frame = np.repeat(background[..., None], 3, axis=2)
-        color = np.array(COLORS[spec.color], np.float32)
         for lag, alpha in _TRAIL:
             at = along - lag * radius  # distance travelled by this copy
             cy = cross_axis if dy == 0 else (at if dy > 0 else size - at)
@@ -304,10 +304,9 @@ def _write_h264(path: Path, frames: np.ndarray, fps: int) -> None:
         container.mux(stream.encode(None))
 
 
-def _split(
-    num: int, fractions: tuple[float, float, float], rng: np.random.Generator
-) -> list[list[int]]:
-    """Disjoint index lists for train/val/test; non-zero fractions get >= 1 when possible."""
+def _split_counts(num: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    """Validated ``(n_val, n_test)`` for ``num`` clips; non-zero fractions get >= 1 when
+    possible, and train keeps the rest."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"splits must be three non-negative fractions summing to 1: {fractions}")
     counts = [round(num * f) for f in fractions[1:]]
@@ -316,8 +315,15 @@ def _split(
             counts[j] = 1
     while sum(counts) > num:
         counts[counts.index(max(counts))] -= 1
+    return counts[0], counts[1]
+
+
+def _split(
+    num: int, fractions: tuple[float, float, float], rng: np.random.Generator
+) -> list[list[int]]:
+    """Disjoint index lists for train/val/test."""
+    n_val, n_test = _split_counts(num, fractions)
     order = rng.permutation(num).tolist()
-    n_val, n_test = counts
     n_train = num - n_val - n_test
     return [order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]]
 
@@ -327,7 +333,7 @@ def _split_known_concepts(
 ) -> list[list[int]]:
     """Like ``_split``, for clip ``i`` showing concept ``i % concepts``: val and test hold
     one clip each of distinct concepts, every one of which keeps a clip in train."""
-    _, n_val, n_test = (len(part) for part in _split(num, fractions, rng))
+    n_val, n_test = _split_counts(num, fractions)
     repeated = [c for c in range(concepts) if c + concepts < num]  # >= 2 clips
     if n_val + n_test > len(repeated):
         raise ValueError(
