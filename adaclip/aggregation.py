@@ -57,8 +57,17 @@ def mlp_score_aggregator(dim: int, temperature: float = 1.0) -> ScoreAggregator:
 def transformer_score_aggregator(
     dim: int, heads: int = 8, temperature: float = 1.0
 ) -> ScoreAggregator:
-    """One self-attention block over the K frames, then Linear(D->1) scores."""
-    heads = heads if dim % heads == 0 else 1
+    """One self-attention block over the K frames, then Linear(D->1) scores.
+
+    Raises:
+        ValueError: ``heads`` does not divide ``dim`` (no silent change of head count: the
+            weights' shapes would not tell a rebuilt model the difference).
+    """
+    if heads < 1 or dim % heads:
+        raise ValueError(
+            f"the transformer aggregator needs a head count that divides the embedding "
+            f"width {dim}; got agg_heads={heads}"
+        )
     block = nn.TransformerEncoderLayer(
         dim, heads, dim_feedforward=4 * dim, dropout=0.0, batch_first=True, norm_first=True
     )
@@ -91,14 +100,16 @@ def qscore_similarity(
     return numerator / norm_sq.sqrt(), weights
 
 
-def build_aggregator(kind: str, dim: int, temperature: float = 1.0) -> nn.Module | None:
+def build_aggregator(
+    kind: str, dim: int, temperature: float = 1.0, heads: int = 8
+) -> nn.Module | None:
     """The aggregator module for ``kind``; None for the query-dependent ``qscore``."""
     if kind == "mean":
         return MeanAggregator()
     if kind == "mlp":
         return mlp_score_aggregator(dim, temperature)
     if kind == "transformer":
-        return transformer_score_aggregator(dim, temperature=temperature)
+        return transformer_score_aggregator(dim, heads=heads, temperature=temperature)
     if kind == "qscore":
         return None
     raise ValueError(f"unknown frame aggregation {kind!r}")

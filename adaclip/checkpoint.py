@@ -83,7 +83,7 @@ def load_checkpoint(folder: str | os.PathLike[str], device: str = "cpu") -> AdaC
     from safetensors.torch import load_model
 
     config, _ = read_checkpoint_config(folder)
-    model = AdaCLIP(config, load_clip_weights=False)
+    model = AdaCLIP(config, load_pretrained=False)
     missing, unexpected = load_model(model, str(Path(folder) / WEIGHTS_FILE), strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -2,13 +2,15 @@
 
 Three ways to get CLIP:
   * an architecture name plus an open_clip pretrained tag (open_clip fetches the weights),
-  * an architecture name plus a local weights file (.pt, .bin or .safetensors),
+  * an architecture name plus a local weights file (.pt, .bin, .safetensors, or OpenAI's
+    TorchScript .pt),
   * an inline open_clip config (tiny test models), random weights unless a file is given.
 """
 
 from __future__ import annotations
 
 import copy
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +28,78 @@ class ClipWeightsError(RuntimeError):
     """CLIP weights could not be resolved (offline, unknown tag, bad file)."""
 
 
-def resolve_model_cfg(clip: ClipConfig) -> dict[str, Any]:
-    """Return the full open_clip model config for ``clip`` (no weights involved)."""
+def resolve_model_cfg(clip: ClipConfig, *, consult_weights: bool = True) -> dict[str, Any]:
+    """Return the full open_clip model config for ``clip`` (no weights are loaded).
+
+    ``quick_gelu`` is always set in the result (see :func:`resolve_quick_gelu`), so the
+    config a checkpoint records names the activation its weights were trained with.
+    ``consult_weights=False`` (rebuilding from a checkpoint) never looks at the pretrained
+    tag's config or the weights file: the recorded config alone decides.
+    """
     if clip.model_cfg is not None:
-        return copy.deepcopy(clip.model_cfg)
-    if clip.arch == "tiny":
-        return copy.deepcopy(TINY_CLIP_CFG)
+        cfg = copy.deepcopy(clip.model_cfg)
+    elif clip.arch == "tiny":
+        cfg = copy.deepcopy(TINY_CLIP_CFG)
+    else:
+        import open_clip
+
+        found = open_clip.get_model_config(clip.arch)
+        if found is None:
+            raise ValueError(
+                f"unknown CLIP architecture {clip.arch!r}; known: "
+                f"{', '.join(open_clip.list_models())}"
+            )
+        cfg = dict(found)
+    cfg["quick_gelu"] = resolve_quick_gelu(clip, cfg, consult_weights=consult_weights)
+    return cfg
+
+
+def resolve_quick_gelu(
+    clip: ClipConfig, model_cfg: dict[str, Any], *, consult_weights: bool = True
+) -> bool:
+    """The MLP activation the weights need: True for QuickGELU, False for GELU.
+
+    In order of precedence: an explicit ``clip.quick_gelu``; a ``-quickgelu`` architecture
+    name; the pretrained tag's open_clip config (every ``openai`` tag says QuickGELU, and
+    open_clip 3.x only warns when the built tower disagrees); a weights file that is an
+    OpenAI TorchScript archive; the model config's own ``quick_gelu``; GELU.
+    """
+    if clip.quick_gelu is not None:
+        return clip.quick_gelu
+    if clip.arch.endswith("-quickgelu"):
+        return True
+    if not consult_weights:
+        return bool(model_cfg.get("quick_gelu", False))
+    if clip.pretrained and clip.arch != "tiny":
+        tag_cfg = pretrained_tag_cfg(clip.arch, clip.pretrained, required=False)
+        if tag_cfg:
+            return bool(tag_cfg.get("quick_gelu", False))
+    if clip.weights_file and is_torchscript_archive(clip.weights_file):
+        return True  # OpenAI's original releases are TorchScript archives, all QuickGELU
+    return bool(model_cfg.get("quick_gelu", False))
+
+
+def pretrained_tag_cfg(arch: str, tag: str, *, required: bool = True) -> dict[str, Any]:
+    """open_clip's pretrained config of ``(arch, tag)`` ({} if unknown and not required)."""
     import open_clip
 
-    cfg = open_clip.get_model_config(clip.arch)
-    if cfg is None:
-        raise ValueError(
-            f"unknown CLIP architecture {clip.arch!r}; known: {', '.join(open_clip.list_models())}"
+    cfg = dict(open_clip.get_pretrained_cfg(arch, tag))
+    if not cfg and required:
+        known = open_clip.list_pretrained_tags_by_model(arch)
+        raise ClipWeightsError(
+            f"open_clip has no pretrained weights {arch}/{tag}; known tags for {arch}: "
+            f"{', '.join(known) or 'none'}. A local file: --clip-weights FILE."
         )
-    if clip.arch.endswith("-quickgelu"):
-        cfg["quick_gelu"] = True
-    return dict(cfg)
+    return cfg
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True for a TorchScript zip archive (how OpenAI released its CLIP weights)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def build_clip(model_cfg: dict[str, Any]) -> nn.Module:
@@ -55,15 +113,46 @@ def build_clip(model_cfg: dict[str, Any]) -> nn.Module:
     return CLIP(**cfg)
 
 
+def download_pretrained_weights(arch: str, tag: str) -> str:
+    """Local path of the weights of an open_clip pretrained tag (fetched and cached by open_clip).
+
+    Raises:
+        ClipWeightsError: unknown tag, or the weights cannot be fetched (e.g. offline).
+    """
+    from open_clip.pretrained import download_pretrained
+
+    tag_cfg = pretrained_tag_cfg(arch, tag)
+    try:
+        path = download_pretrained(tag_cfg)
+    except Exception as err:  # hub and URL fetches fail in many ways offline
+        raise ClipWeightsError(
+            f"could not fetch open_clip weights {arch}/{tag}: {err}. "
+            "Offline? Pass a local weights file (--clip-weights FILE) instead."
+        ) from err
+    if not path:
+        raise ClipWeightsError(f"open_clip has no download location for {arch}/{tag}")
+    return str(path)
+
+
 def load_clip_weights(model: nn.Module, weights_file: str | Path) -> None:
-    """Load a local CLIP weights file (.pt, .bin, .safetensors) into ``model``."""
+    """Load a local CLIP weights file into ``model``.
+
+    Accepts open_clip checkpoints (.pt, .bin, .safetensors) and OpenAI's TorchScript
+    archives (read with ``torch.jit.load``; ``torch.load(weights_only=True)`` refuses them).
+    """
     from open_clip.factory import load_checkpoint
 
     path = Path(weights_file)
     if not path.is_file():
         raise ClipWeightsError(f"CLIP weights file not found: {path}")
     try:
-        load_checkpoint(model, str(path), strict=True)  # type: ignore[arg-type]
+        if is_torchscript_archive(path):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                state.pop(key, None)
+            model.load_state_dict(state, strict=True)
+        else:
+            load_checkpoint(model, str(path), strict=True)  # type: ignore[arg-type]
     except (RuntimeError, KeyError, ValueError) as err:
         raise ClipWeightsError(
             f"CLIP weights in {path} do not fit this architecture: {err}"
@@ -73,25 +162,20 @@ def load_clip_weights(model: nn.Module, weights_file: str | Path) -> None:
 def create_clip(clip: ClipConfig) -> tuple[nn.Module, dict[str, Any]]:
     """Build CLIP with its weights; return the model and the resolved config.
 
+    Resolve the config (activation included), resolve the weights (a local file, else the
+    pretrained tag's file fetched by open_clip), build, load.
+
     Raises:
         ClipWeightsError: a pretrained tag cannot be fetched (e.g. offline) or a weights
             file does not load.
     """
     model_cfg = resolve_model_cfg(clip)
-    if clip.pretrained and not clip.weights_file:
-        import open_clip
-
-        try:
-            model = open_clip.create_model(clip.arch, pretrained=clip.pretrained)
-        except Exception as err:  # open_clip raises many kinds for hub/offline failures
-            raise ClipWeightsError(
-                f"could not load open_clip weights {clip.arch}/{clip.pretrained}: {err}. "
-                "Offline? Pass a local weights file (--clip-weights FILE) instead."
-            ) from err
-        return model, model_cfg
+    weights = clip.weights_file
+    if weights is None and clip.pretrained:
+        weights = download_pretrained_weights(clip.arch, clip.pretrained)
     model = build_clip(model_cfg)
-    if clip.weights_file:
-        load_clip_weights(model, clip.weights_file)
+    if weights:
+        load_clip_weights(model, weights)
     return model, model_cfg
 
 

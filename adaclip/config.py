@@ -28,6 +28,10 @@ class ClipConfig:
     pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai"), fetched by open_clip
     weights_file: str | None = None  # local CLIP weights (.pt / .bin / .safetensors)
     model_cfg: dict[str, Any] | None = None  # inline open_clip config; overrides `arch` lookup
+    # MLP activation of the towers: True = QuickGELU (OpenAI's weights), False = GELU, None =
+    # follow the weights (the pretrained tag's open_clip config, a `-quickgelu` arch name, an
+    # OpenAI TorchScript file). Resolved into `model_cfg["quick_gelu"]` when the model is built.
+    quick_gelu: bool | None = None
 
 
 @dataclass
@@ -41,6 +45,11 @@ class PolicyConfig:
     num_heads: int = 8  # heads of the temporal self-attention block
     mlp_ratio: int = 4  # MLP width multiple in the temporal block
     scorer_hidden: int = 1024  # hidden width of the per-frame scorer
+    # L2-normalise the 1280-d backbone features and scale them by sqrt(1280) before the
+    # projection. Not in the paper nor its code (a deviation): it keeps a RANDOM frozen
+    # backbone's shrinking activations usable. None = on without `backbone_weights`, off
+    # with them; resolved (and recorded in the checkpoint) when the model is built.
+    feature_rescale: bool | None = None
 
 
 @dataclass
@@ -51,6 +60,7 @@ class AdaClipConfig:
     top_k: int = 12  # K: frames kept and encoded by CLIP
     frame_agg: str = "mlp"  # one of FRAME_AGGS
     agg_temperature: float = 1.0  # T_agg of the score softmax
+    agg_heads: int = 8  # attention heads of the transformer aggregator (must divide D)
     max_text_len: int = 32  # caption tokens (32 MSR-VTT, 64 paragraphs)
     zero_shot: bool = False  # CLIP weights only: uniform K frames, mean pooling
 
@@ -72,6 +82,15 @@ class AdaClipConfig:
             )
         if self.max_text_len < 2:
             raise ValueError("max_text_len must be at least 2 (start and end tokens)")
+        if self.agg_heads < 1:
+            raise ValueError(f"agg_heads must be at least 1, got {self.agg_heads}")
+
+    @property
+    def frame_selection(self) -> str:
+        """How the K frames are chosen: ``policy``, ``uniform`` (K of N) or ``all`` (K = N)."""
+        if self.uses_policy:
+            return "policy"
+        return "all" if self.top_k == self.num_candidates else "uniform"
 
     @property
     def uses_policy(self) -> bool:
@@ -93,7 +112,11 @@ class AdaClipConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown AdaClipConfig keys: {sorted(unknown)}")
-        return cls(**copy.deepcopy(data))
+        data = copy.deepcopy(data)
+        policy = data.get("policy")
+        if isinstance(policy, dict) and "feature_rescale" not in policy:
+            policy["feature_rescale"] = True  # written before the field existed: always on
+        return cls(**data)
 
 
 def tiny_config(**overrides: Any) -> AdaClipConfig:

@@ -61,10 +61,27 @@ class TemporalBlock(nn.Module):
 class PolicyNetwork(nn.Module):
     """Scores each of N candidate frames; higher means more worth keeping."""
 
-    def __init__(self, config: PolicyConfig, num_candidates: int) -> None:
+    def __init__(
+        self, config: PolicyConfig, num_candidates: int, *, load_backbone_weights: bool = True
+    ) -> None:
+        """Build the policy.
+
+        Args:
+            config: policy settings; ``feature_rescale`` None: on without backbone weights.
+            num_candidates: N, the length of the position embedding.
+            load_backbone_weights: open ``config.backbone_weights``; False when the weights
+                come next from a checkpoint (the file need not exist any more).
+        """
         super().__init__()
         self.config = config
-        self.backbone = MobileNetFeatures(config.backbone_weights)
+        self.feature_rescale = (
+            config.backbone_weights is None
+            if config.feature_rescale is None
+            else config.feature_rescale
+        )
+        self.backbone = MobileNetFeatures(
+            config.backbone_weights if load_backbone_weights else None
+        )
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
         self.proj = nn.Linear(config.feature_dim, config.hidden_dim)
@@ -109,9 +126,10 @@ class PolicyNetwork(nn.Module):
                 feats = self.backbone(pixels)
         else:
             feats = self.backbone(pixels)  # (B*N, 1280)
-        # Unit-RMS features: the projection sees the same scale whatever the backbone's
-        # weights (a random, frozen MobileNetV3 shrinks activations ~10x per stage).
-        feats = F.normalize(feats, dim=-1) * feats.shape[-1] ** 0.5
+        if self.feature_rescale:
+            # Unit-RMS features (a deviation from the paper): a random, frozen MobileNetV3
+            # shrinks activations ~10x per stage; this keeps the projection's input usable.
+            feats = F.normalize(feats, dim=-1) * feats.shape[-1] ** 0.5
         x = self.proj(feats.view(b, n, -1)) + self.pos_embedding[:n]  # (B, N, H)
         x = self.temporal(x)
         return self.scorer(x).squeeze(-1)  # (B, N)

@@ -14,11 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hard_topk", "sample_gumbel", "temperature_schedule", "topk_indices"]
+__all__ = [
+    "hard_topk",
+    "sample_gumbel",
+    "temperature_schedule",
+    "time_ordered",
+    "topk_indices",
+]
 
 _LOG_PROB_FLOOR = math.log(1e-8)  # l = log softmax(s) is clamped here
-_ONE_MINUS_P_FLOOR = 1e-40  # log(max(1 - p, 1e-40)); a float32 subnormal, still > 0
-_UNIFORM_EPS = 1e-10  # U is drawn from [eps, 1 - eps] so -log(-log U) stays finite
+# log(max(1 - p, 1e-40)): 1e-40 is a float32 subnormal (> 0, so the log is finite, about
+# -92.1). The loop runs in float32 or wider (compute_dtype below), never in half precision,
+# where this floor would flush to zero.
+_ONE_MINUS_P_FLOOR = 1e-40
+# U ~ torch.rand lies in [0, 1): its largest float32 value, 1 - 2**-24, gives a finite
+# Gumbel draw (about -16.6), so only the lower end needs a floor. (A floor of 1 - 1e-10 at
+# the top would round to 1.0 in float32 and guard nothing.)
+_UNIFORM_EPS = 1e-10  # U >= eps so that -log(-log U) >= about -3.1 stays finite
 
 
 def sample_gumbel(
@@ -40,7 +52,7 @@ def sample_gumbel(
     """
     draw_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, device=draw_device, dtype=torch.float32)
-    u = u.clamp(min=_UNIFORM_EPS, max=1.0 - _UNIFORM_EPS)
+    u = u.clamp(min=_UNIFORM_EPS)
     g = -torch.log(-torch.log(u))
     return g if device is None else g.to(device)
 
@@ -115,6 +127,19 @@ def hard_topk(
     soft = torch.stack(soft_rows, dim=1)  # (B, K, N)
     hard = F.one_hot(torch.stack(hard_idx, dim=1), n).to(compute_dtype)  # (B, K, N)
     return (hard + (soft - soft.detach())).to(logits.dtype)
+
+
+def time_ordered(selection: Tensor) -> Tensor:
+    """Reorder the K one-hot rows of a selection (B, K, N) by frame index (time order).
+
+    ``hard_topk`` returns rows in the order they were picked; inference keeps frames in
+    time order (``topk_indices``). Sorting the rows in training too means no part of the
+    model ever sees frames in another order at training than at inference. The reorder is
+    a gather, so the straight-through gradient of every row is kept.
+    """
+    idx = selection.detach().argmax(dim=-1)  # (B, K)
+    order = idx.argsort(dim=-1)  # (B, K)
+    return selection.gather(1, order.unsqueeze(-1).expand_as(selection))
 
 
 def topk_indices(logits: Tensor, k: int) -> Tensor:

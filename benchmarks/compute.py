@@ -134,7 +134,7 @@ def build_models(
             top_k=k,
             frame_agg="mlp",
         )
-        model = AdaCLIP(cfg, load_clip_weights=False)
+        model = AdaCLIP(cfg, load_pretrained=False)
         if shared is None:
             shared = model.clip
         else:
