@@ -2,22 +2,21 @@
 
 ``DecodeVideos`` (CPU actors) fetches each object and decodes its N candidate frames;
 ``EmbedVideos`` (GPU actors when the cluster has GPUs) runs the policy, keeps K frames,
-encodes only those with CLIP and aggregates them. Videos that fail are reported to the
-``FailureLog`` actor and dropped from the stream, so one bad file never stops the job.
+encodes only those with CLIP and aggregates them, and reports the model's GFLOPs per video
+once. Videos that fail are reported (:class:`pipelines.report.FailureReporter`: a row of
+``failures.jsonl`` at once, and a failure record in the store when decoding failed) and
+dropped from the stream, so one bad file never stops the job.
 The pure work underneath (``decode_object``, ``embed_batch``) is tested without Ray.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.sources import FetchError, ObjectFetcher, download_folder
+from pipelines.sources import FetchError, ObjectFetcher
 
 Batch = dict[str, np.ndarray]
 ROW_FIELDS = ("uri", "video_id", "etag", "size_bytes")
@@ -34,7 +33,9 @@ class DecodeSpec:
     threads: int = 1  # FFmpeg decoding threads per actor
 
 
-def failure_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
+def failure_row(
+    uri: str, stage: str, error: BaseException, etag: str = "", size_bytes: int = 0
+) -> dict[str, Any]:
     """One line of ``failures.jsonl``."""
     reason = getattr(error, "reason", None) or type(error).__name__
     return {
@@ -43,6 +44,8 @@ def failure_row(uri: str, stage: str, error: BaseException) -> dict[str, str]:
         "reason": str(reason),
         "error_type": type(error).__name__,
         "message": str(error)[:500],
+        "etag": etag,
+        "size_bytes": int(size_bytes),
     }
 
 
@@ -65,12 +68,18 @@ def decode_object(
 
 
 class DecodeVideos:
-    """Ray Data UDF: listing rows -> rows with decoded candidate frames."""
+    """Ray Data UDF: listing rows -> rows with decoded candidate frames.
 
-    def __init__(self, fetcher: ObjectFetcher, spec: DecodeSpec, failure_log: Any) -> None:
+    Args:
+        fetcher: fetches each object (retries, spooling).
+        spec: what to decode.
+        failures: a ``FailureReporter`` (anything with ``record(rows)``).
+    """
+
+    def __init__(self, fetcher: ObjectFetcher, spec: DecodeSpec, failures: Any) -> None:
         self.fetcher = fetcher
         self.spec = spec
-        self.failure_log = failure_log
+        self.failures = failures
 
     def __call__(self, batch: Batch) -> Batch:
         from adaclip.decode import DecodeError
@@ -80,13 +89,14 @@ class DecodeVideos:
         }
         failures = []
         for i, uri in enumerate(batch["uri"]):
+            known = (str(batch["etag"][i]), int(batch["size_bytes"][i]))
             try:
                 frames, timestamps, duration = decode_object(self.fetcher, str(uri), self.spec)
             except FetchError as err:
-                failures.append(failure_row(str(uri), "fetch", err))
+                failures.append(failure_row(str(uri), "fetch", err, *known))
                 continue
             except (DecodeError, OSError, ValueError) as err:
-                failures.append(failure_row(str(uri), "decode", err))
+                failures.append(failure_row(str(uri), "decode", err, *known))
                 continue
             for key in ROW_FIELDS:
                 out[key].append(batch[key][i])
@@ -94,7 +104,7 @@ class DecodeVideos:
             out["frames"].append(frames)
             out["timestamps"].append(timestamps)
         if failures:
-            self.failure_log.record.remote(failures)
+            self.failures.record(failures)
         return _to_batch(out, self.spec)
 
 
@@ -129,14 +139,11 @@ def _to_batch(columns: dict[str, list[Any]], spec: DecodeSpec) -> Batch:
 
 
 def load_model(checkpoint: str, s3_endpoint_url: str | None, device: str) -> Any:
-    """Load a checkpoint folder (local, or s3:// copied to a temp folder first)."""
+    """Load a checkpoint folder (local, or s3:// through the node's checkpoint cache)."""
     from adaclip.checkpoint import load_checkpoint
+    from pipelines.checkpoints import fetch_checkpoint
 
-    local = checkpoint
-    if checkpoint.startswith("s3://"):
-        dest = Path(tempfile.mkdtemp(prefix="adaclip-ckpt-"))
-        local = str(download_folder(checkpoint, dest, s3_endpoint_url=s3_endpoint_url))
-    return load_checkpoint(local, device=device)
+    return load_checkpoint(fetch_checkpoint(checkpoint, s3_endpoint_url), device=device)
 
 
 def embed_batch(model: Any, batch: Batch) -> Batch:
@@ -160,13 +167,35 @@ def embed_batch(model: Any, batch: Batch) -> Batch:
 
 
 class EmbedVideos:
-    """Ray Data UDF: decoded rows -> embedding rows. Loads the model once per actor."""
+    """Ray Data UDF: decoded rows -> embedding rows. Loads the model once per actor.
 
-    def __init__(self, checkpoint: str, s3_endpoint_url: str | None, use_gpu: bool) -> None:
+    Args:
+        checkpoint: checkpoint folder, local or ``s3://``.
+        s3_endpoint_url: S3-compatible endpoint, ``None`` for AWS.
+        use_gpu: run on CUDA when there is one.
+        frame_size: decoded frame size; with ``report``, the GFLOPs one video costs at this
+            size are counted once on the loaded model and sent to ``report.set_gflops``.
+        report: the job's ``JobReport`` actor, or None.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        s3_endpoint_url: str | None,
+        use_gpu: bool,
+        frame_size: int = 224,
+        report: Any = None,
+    ) -> None:
         import torch
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(checkpoint, s3_endpoint_url, device)
+        if report is not None:
+            from adaclip.flops import video_gflops
+
+            counted = video_gflops(self.model, frame_size)
+            figures = {k: float(counted[k]) for k in ("total", "no_policy_clip_n")}
+            report.set_gflops.remote(figures)
 
     def __call__(self, batch: Batch) -> Batch:
         if len(batch["uri"]) == 0:
@@ -183,21 +212,3 @@ def embed_batch_empty(model: Any) -> Batch:
         "frame_ts": np.zeros((0, k), dtype=np.float64),
         "frame_weights": np.zeros((0, k), dtype=np.float32),
     }
-
-
-class FailureLog:
-    """A small Ray actor collecting failure rows from every stage (no CPU reserved)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, str]] = []
-        self.started = time.time()
-
-    def record(self, rows: list[dict[str, str]]) -> None:
-        self.rows.extend(rows)
-
-    def count(self) -> int:
-        return len(self.rows)
-
-    def drain(self) -> list[dict[str, str]]:
-        rows, self.rows = self.rows, []
-        return rows

@@ -3,13 +3,22 @@
     ray job submit --working-dir . -- python -m pipelines.index s3://bucket/videos/ \\
         --checkpoint s3://bucket/models/adaclip --qdrant-url http://qdrant:6333
 
-Incremental and crash-safe: videos whose URI and etag are already in the collection for
-this model are skipped before download; point ids are UUID5 of the URI, so a killed job
-that is run again overwrites instead of duplicating. The driver opens the store only to
-bind the collection (refusing another model's) and to plan; it closes it before the
-pipeline runs. The rows then stream into a Ray Data ``Datasink`` whose write tasks hand
-them to one store-writer actor, the store's single owner until the end of the write
-(:mod:`pipelines.store_sink`), while a driver thread reports progress.
+One streaming pipeline, whose cost on the driver does not grow with the bucket:
+
+    list (read tasks per key range) -> plan (skip check per batch) -> decode actors (CPU)
+        -> model actors (GPU or CPU) -> sink -> the store's single owner (one actor)
+
+The driver holds no listing, no indexed etags and no work list: listing blocks stream into
+the plan stage, which looks each batch's URIs up by point id (UUID5 of the URI) through the
+store's owner and passes on only new or changed videos (:mod:`pipelines.plan`). Point ids
+make a re-run of a killed job overwrite instead of duplicating. The driver builds no model:
+it reads model_id, N, K and D from the checkpoint's files, a Ray task writes the zero-shot
+checkpoint when none is given, and the model actors report the GFLOPs figure.
+
+``--prune`` marks every listed URI the store holds with this run's id and, after a complete
+listing, deletes the points under the source prefix that the run did not mark.
+``--dry-run`` counts what would be indexed, skipped and pruned and writes nothing.
+Reports (:mod:`pipelines.report`) are written as the job runs.
 """
 
 from __future__ import annotations
@@ -19,129 +28,165 @@ import logging
 import sys
 import tempfile
 import time
-from collections import Counter
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos, FailureLog
+from pipelines.checkpoints import CheckpointInfo, describe_checkpoint, write_zero_shot_checkpoint
+from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos
+from pipelines.listing import SourceSpec, listing_dataset, resolve_source
+from pipelines.object_fetch import is_s3_uri
+from pipelines.plan import PlanSpec, plan_batch
+from pipelines.report import FailureReporter, JobReport
 from pipelines.settings import (
     DEFAULT_QDRANT_PATH,
     IndexSettings,
     default_collection,
     parse_settings,
 )
-from pipelines.sources import (
-    ObjectFetcher,
-    VideoObject,
-    download_folder,
-    list_frame_folders,
-    list_videos,
+from pipelines.sources import ObjectFetcher, SourceError
+from pipelines.store import ModelMismatchError
+from pipelines.store_sink import (
+    WRITE_TASK_CPUS,
+    WRITE_TASKS,
+    ProgressReporter,
+    StoreTarget,
+    StoreWriter,
+    VideoStoreDatasink,
 )
-
-if TYPE_CHECKING:
-    from pipelines.store_sink import StoreTarget
 
 log = logging.getLogger("adaclip.index")
 
-
-@dataclass
-class ResolvedModel:
-    """The checkpoint the actors load, with what the driver needs to know about it."""
-
-    uri: str  # what the model actors load (local folder or s3://)
-    model_id: str
-    num_candidates: int
-    top_k: int
-    embed_dim: int
-    gflops: dict[str, Any]
+PLAN_TASK_CPUS = 0.1  # a lookup per batch: the store's owner does the work
+EXIT_SOURCE_ERROR = 2  # the source or the checkpoint cannot be read: nothing was done
+EXIT_FAILED = 1
 
 
 @dataclass
 class IndexSummary:
-    """What ``summary.json`` holds."""
+    """What ``summary.json`` holds (also refreshed while the job runs, ``finished`` False)."""
 
     source: str
     collection: str
     model_id: str
+    run_id: str = ""
+    dry_run: bool = False
+    finished: bool = False
+    error: str | None = None
     listed: int = 0
-    skipped: int = 0
+    listed_bytes: int = 0
+    skipped: int = 0  # already indexed at the same etag
+    skipped_bytes: int = 0
+    skipped_failed: int = 0  # failed for good before at the same etag; not fetched again
+    skipped_failed_bytes: int = 0
+    to_index: int = 0  # new or changed (the dry run's "would index")
+    to_index_bytes: int = 0
+    deferred: int = 0  # new or changed beyond --limit
+    deferred_bytes: int = 0
     indexed: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+    pruned: int = 0  # deleted by --prune (the dry run: would be deleted with --prune)
+    pruned_bytes: int = 0
     gflops_per_video: float = 0.0  # policy on N + CLIP on K + aggregation, as counted
     gflops_per_video_no_policy: float = 0.0  # the paper's baseline: CLIP on all N frames
     elapsed_s: float = 0.0
     videos_per_s: float = 0.0
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> IndexSummary:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
-def resolve_model(settings: IndexSettings) -> ResolvedModel:
-    """Find the checkpoint (or write a zero-shot one) and read its config and model_id."""
-    from adaclip.checkpoint import model_id_of, read_checkpoint_config
 
+# ---- the model ----------------------------------------------------------------------------
+
+
+def resolve_model(
+    settings: IndexSettings, driver_node: str, scratch: str | None = None
+) -> CheckpointInfo:
+    """The checkpoint the model actors load: ``--checkpoint``, or a zero-shot one that a Ray
+    task writes (under ``--output``, or under ``scratch`` for a dry run); model_id, N, K, D
+    read from its files."""
     uri = settings.checkpoint
     if uri is None:
-        uri = str(write_zero_shot_checkpoint(settings))
-    local = uri
-    if uri.startswith("s3://"):
-        local = str(
-            download_folder(
-                uri,
-                tempfile.mkdtemp(prefix="adaclip-ckpt-"),
-                s3_endpoint_url=settings.s3_endpoint_url,
-            )
+        uri = zero_shot_checkpoint(settings, driver_node, scratch)
+    info = describe_checkpoint(uri, settings.s3_endpoint_url)
+    if settings.num_candidates:
+        info = CheckpointInfo(
+            info.uri, info.model_id, settings.num_candidates, info.top_k, info.embed_dim
         )
-    config, _ = read_checkpoint_config(local)
-    assert config.clip.model_cfg is not None
-    num_candidates = settings.num_candidates or config.num_candidates
-    return ResolvedModel(
-        uri=uri,
-        model_id=model_id_of(local),
-        num_candidates=num_candidates,
-        top_k=config.top_k,
-        embed_dim=int(config.clip.model_cfg["embed_dim"]),
-        gflops=count_gflops(local, settings.frame_size),
+    return info
+
+
+def zero_shot_checkpoint(settings: IndexSettings, driver_node: str, scratch: str | None) -> str:
+    """Write (once) the zero-shot checkpoint in a Ray task on the driver's node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    base = scratch or settings.output
+    if is_s3_uri(base):
+        dest = base.rstrip("/") + "/zero-shot-checkpoint"
+    else:
+        dest = str((Path(base) / "zero-shot-checkpoint").resolve())
+    task: Any = ray.remote(write_zero_shot_checkpoint).options(
+        num_cpus=0.1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+    )
+    return str(
+        ray.get(task.remote(dest, settings.arch, settings.clip_weights, settings.s3_endpoint_url))
     )
 
 
-def count_gflops(checkpoint_dir: str, frame_size: int) -> dict[str, Any]:
-    """GFLOPs one video costs with this checkpoint, counted on the real model."""
-    from adaclip.checkpoint import load_checkpoint
-    from adaclip.flops import video_gflops
-
-    return video_gflops(load_checkpoint(checkpoint_dir), frame_size)
+# ---- the pipeline -------------------------------------------------------------------------
 
 
-def write_zero_shot_checkpoint(settings: IndexSettings) -> Path:
-    """No checkpoint given: CLIP weights only, uniform K frames, mean pooling."""
-    import torch
+@dataclass(frozen=True)
+class JobActors:
+    """The job's three actors and its identity."""
 
-    from adaclip.checkpoint import save_checkpoint
-    from adaclip.commands import build_init_config
-    from adaclip.model import AdaCLIP
-
-    out = Path(settings.output) / "zero-shot-checkpoint"
-    if (out / "config.json").is_file():
-        return out
-    torch.manual_seed(0)  # deterministic when no CLIP weights are given (tiny smoke runs)
-    config = build_init_config(settings.arch, clip_weights=settings.clip_weights, zero_shot=True)
-    save_checkpoint(AdaCLIP(config), out, kind="zero-shot")
-    return out
-
-
-def plan(listed: Sequence[VideoObject], indexed: dict[str, str]) -> list[VideoObject]:
-    """The videos to (re)index: new URIs, or URIs whose etag changed."""
-    return [obj for obj in listed if indexed.get(obj.uri) != obj.etag]
+    owner: Any  # StoreWriter: the store's single owner
+    report: Any  # JobReport
+    run_id: str
+    model: CheckpointInfo
 
 
 def build_dataset(
-    todo: Sequence[VideoObject], settings: IndexSettings, model: ResolvedModel, failure_log: Any
+    spec: SourceSpec, settings: IndexSettings, job: JobActors, driver_node: str
 ) -> Any:
-    """The Ray Data pipeline: listing -> decode actors (CPU) -> model actors (GPU or CPU)."""
+    """The Ray Data pipeline: listing -> plan -> decode actors (CPU) -> model actors."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    dry_run = settings.dry_run
+    failures = FailureReporter(
+        job.report,
+        owner=None if dry_run else job.owner,
+        model_id=job.model.model_id,
+        run_id=job.run_id if settings.prune else "",
+    )
+    plan = PlanSpec(
+        run_id=job.run_id,
+        prune=settings.prune,
+        retry_failed=settings.retry_failed,
+        dry_run=dry_run,
+        limited=settings.limit is not None,
+    )
+    ds: Any = listing_dataset(spec, driver_node, failures)
+    ds = ds.map_batches(
+        plan_batch,
+        fn_kwargs={"owner": job.owner, "report": job.report, "spec": plan},
+        batch_size=settings.list_page_size,
+        batch_format="numpy",
+        num_cpus=PLAN_TASK_CPUS,
+    )
+    if dry_run:
+        return ds
+    # small blocks, so that every decode actor gets work while the listing goes on
+    ds = ds.repartition(target_num_rows_per_block=settings.decode_batch_size)
     use_gpu = settings.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -150,18 +195,16 @@ def build_dataset(
         max_retries=settings.max_retries,
         spool_threshold_bytes=settings.spool_threshold_mb << 20,
     )
-    spec = DecodeSpec(
-        model.num_candidates,
+    decode = DecodeSpec(
+        job.model.num_candidates,
         settings.frame_size,
         settings.frames_dir,
         settings.frames_fps,
         settings.decode_threads,
     )
-    rows = [asdict(obj) for obj in todo]
-    ds: Any = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 256)))
     ds = ds.map_batches(
         DecodeVideos,
-        fn_constructor_args=(fetcher, spec, failure_log),
+        fn_constructor_args=(fetcher, decode, failures),
         batch_size=settings.decode_batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_actors),
@@ -170,7 +213,13 @@ def build_dataset(
     )
     return ds.map_batches(
         EmbedVideos,
-        fn_constructor_args=(model.uri, settings.s3_endpoint_url, use_gpu),
+        fn_constructor_args=(
+            job.model.uri,
+            settings.s3_endpoint_url,
+            use_gpu,
+            settings.frame_size,
+            job.report,
+        ),
         batch_size=settings.model_batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=settings.model_actors),
@@ -180,131 +229,229 @@ def build_dataset(
     )
 
 
-def list_source(settings: IndexSettings) -> list[VideoObject]:
-    """The videos SOURCE holds: objects, files, manifest entries or frame folders."""
-    if settings.frames_dir:
-        return list(list_frame_folders(settings.source, limit=settings.limit))
-    return list(
-        list_videos(settings.source, s3_endpoint_url=settings.s3_endpoint_url, limit=settings.limit)
-    )
-
-
-def run_index(settings: IndexSettings) -> IndexSummary:
-    """Run the whole job; write ``summary.json`` and ``failures.jsonl`` under ``output``."""
-    from pipelines.store_sink import StoreTarget, open_when_free
-
-    start = time.monotonic()
-    out_dir = Path(settings.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = resolve_model(settings)
-    collection = settings.collection or default_collection(model.model_id)
-    summary = IndexSummary(
-        source=settings.source,
-        collection=collection,
-        model_id=model.model_id,
-        gflops_per_video=round(float(model.gflops["total"]), 3),
-        gflops_per_video_no_policy=round(float(model.gflops["no_policy_clip_n"]), 3),
-    )
-    target = StoreTarget(
+def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
+    return StoreTarget(
         qdrant_path=None
         if settings.qdrant_url
         else str(Path(settings.qdrant_path or DEFAULT_QDRANT_PATH).resolve()),
         qdrant_url=settings.qdrant_url,
         api_key=settings.qdrant_api_key,
-        collection=collection,
+        collection=settings.collection or default_collection(model.model_id),
         dim=model.embed_dim,
         num_frames=model.top_k,
         model_id=model.model_id,
+        create=not settings.dry_run,
     )
-    store = open_when_free(target.open)  # refuses a collection of another model
-    try:
-        listed = list_source(settings)
-        todo = plan(listed, store.indexed_etags())
-        if not todo:
-            store.optimize()
-    finally:
-        store.close()  # the writer actor owns the store from here on
-    summary.listed, summary.skipped = len(listed), len(listed) - len(todo)
-    log.info(
-        "listed %d videos, %d already indexed, %d to index",
-        len(listed),
-        summary.skipped,
-        len(todo),
-    )
-    failures: list[dict[str, str]] = []
-    if todo:
-        summary.indexed, failures = write_index(todo, settings, model, target, summary.skipped)
-    summary.failed = len(failures)
-    summary.failed_by_reason = dict(Counter(row["reason"] for row in failures))
-    summary.elapsed_s = round(time.monotonic() - start, 3)
-    summary.videos_per_s = (
-        round(summary.indexed / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
-    )
-    write_reports(out_dir, summary, failures)
-    return summary
 
 
-def write_index(
-    todo: Sequence[VideoObject],
-    settings: IndexSettings,
-    model: ResolvedModel,
-    target: StoreTarget,
-    skipped: int,
-) -> tuple[int, list[dict[str, str]]]:
-    """Stream ``todo`` through the pipeline into the store; (videos upserted, failure rows)."""
+def run_index(settings: IndexSettings) -> IndexSummary:
+    """Run the whole job; keep ``summary.json`` and ``failures.jsonl`` under ``output``.
+
+    Raises:
+        SourceError: the source cannot be listed (before anything is written), or
+            ``--prune`` with a source that has no prefix.
+        ModelMismatchError: the collection holds another model's vectors.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pipelines.store_sink import (
-        WRITE_TASK_CPUS,
-        WRITE_TASKS,
-        ProgressReporter,
-        StoreWriter,
-        VideoStoreDatasink,
+    start = time.monotonic()
+    spec = resolve_source(
+        settings.source,
+        frames_dir=settings.frames_dir,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        page_size=settings.list_page_size,
+        shards=settings.list_shards,
     )
-
+    if settings.prune and spec.prune_prefix is None:
+        raise SourceError(f"--prune needs a bucket prefix or a folder, not {settings.source}")
+    if settings.limit is not None and settings.limit < 0:
+        raise ValueError("--limit must be >= 0")
     if not ray.is_initialized():
         ray.init(address=settings.ray_address, log_to_driver=False)
-    failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    writer: Any = (
-        ray.remote(StoreWriter).options(num_cpus=0, scheduling_strategy=here).remote(target)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    driver_node = ray.get_runtime_context().get_node_id()
+    here = NodeAffinitySchedulingStrategy(driver_node, soft=False)
+    with tempfile.TemporaryDirectory(prefix="adaclip-dry-run-") as scratch:
+        model = resolve_model(settings, driver_node, scratch if settings.dry_run else None)
+        target = store_target(settings, model)
+        run_id = uuid.uuid4().hex
+        header = {
+            "source": settings.source,
+            "collection": target.collection,
+            "model_id": model.model_id,
+            "run_id": run_id,
+            "dry_run": settings.dry_run,
+        }
+        report: Any = (
+            ray.remote(JobReport)
+            .options(num_cpus=0, scheduling_strategy=here)
+            .remote(
+                settings.output,
+                header,
+                settings.limit,
+                not settings.dry_run,
+                settings.s3_endpoint_url,
+            )
+        )
+        owner: Any = (
+            ray.remote(StoreWriter).options(num_cpus=0, scheduling_strategy=here).remote(target)
+        )
+        job = JobActors(owner, report, run_id, model)
+        try:
+            return _run(spec, settings, job, driver_node, start)
+        finally:
+            for actor in (owner, report):
+                ray.kill(actor)
+
+
+def _run(
+    spec: SourceSpec, settings: IndexSettings, job: JobActors, driver_node: str, start: float
+) -> IndexSummary:
+    import ray
+
+    ray.get(job.owner.progress.remote())  # the store opened (or its error) before any work
+    extra: dict[str, Any] = {"finished": False, "indexed": 0}
+
+    def flush() -> dict[str, Any]:
+        extra["elapsed_s"] = round(time.monotonic() - start, 3)
+        return dict(ray.get(job.report.flush.remote(extra)))
+
+    progress = ProgressReporter(
+        job.owner, job.report, flush=flush, flush_every_s=settings.summary_every_s
     )
-    ray.get(writer.progress.remote())  # the store opened (or the error) before any work
-    sink = VideoStoreDatasink(writer, model.model_id, settings.upsert_batch_size)
-    progress = ProgressReporter(writer, failure_log, total=len(todo), skipped=skipped)
+    sink = VideoStoreDatasink(
+        job.owner,
+        job.model.model_id,
+        settings.upsert_batch_size,
+        run_id=job.run_id if settings.prune else "",
+    )
     progress.start()
     written = False
     try:
-        build_dataset(todo, settings, model, failure_log).write_datasink(
-            sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=WRITE_TASKS
-        )
-        written = True
-    finally:
+        ds = build_dataset(spec, settings, job, driver_node)
+        if settings.dry_run:
+            for _ in ds.iter_internal_ref_bundles():
+                pass
+        else:
+            ds.write_datasink(
+                sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=WRITE_TASKS
+            )
+        written = not settings.dry_run
+        extra.update(prune_or_count(spec, settings, job))
+    except BaseException as err:
         progress.stop()
-        try:
-            ray.get(writer.close.remote(optimize=written))
-        except Exception:
-            ray.kill(writer)  # its process exits and lets go of the store
-            if written:
-                raise
-    return sink.written, ray.get(failure_log.drain.remote())
+        extra.update(indexed=sink.written, error=f"{type(err).__name__}: {root_error(err)}")
+        _close_owner(job.owner, optimize=False)
+        _flush_quietly(flush)
+        raise
+    progress.stop()
+    extra.update(indexed=sink.written, finished=True)
+    _close_owner(job.owner, optimize=written)
+    elapsed = time.monotonic() - start
+    extra["videos_per_s"] = round(sink.written / elapsed, 3) if elapsed > 0 else 0.0
+    summary = IndexSummary.from_dict(flush())
+    ray.get(job.report.close.remote())
+    return summary
 
 
-def write_reports(out_dir: Path, summary: IndexSummary, failures: list[dict[str, str]]) -> None:
-    """``summary.json`` and ``failures.jsonl`` (one row per failed video) for this run."""
-    with open(out_dir / "failures.jsonl", "w") as fh:
-        for row in failures:
-            fh.write(json.dumps(row) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+def prune_or_count(spec: SourceSpec, settings: IndexSettings, job: JobActors) -> dict[str, int]:
+    """After a complete listing: sweep (``--prune``), or the dry run's would-prune counts."""
+    import ray
+
+    prefix = spec.prune_prefix
+    if prefix is None or not (settings.prune or settings.dry_run):
+        return {}
+    if settings.dry_run:
+        stored, stored_bytes = ray.get(job.owner.prefix_totals.remote(prefix))
+        seen = ray.get(job.report.snapshot.remote())
+        return {
+            "pruned": max(stored - int(seen["known"]), 0),
+            "pruned_bytes": max(stored_bytes - int(seen["known_bytes"]), 0),
+        }
+    pruned, pruned_bytes = ray.get(job.owner.sweep.remote(prefix, job.run_id))
+    log.info("pruned %d videos (%d bytes) no longer under %s", pruned, pruned_bytes, prefix)
+    return {"pruned": pruned, "pruned_bytes": pruned_bytes}
+
+
+def _close_owner(owner: Any, optimize: bool) -> None:
+    import ray
+
+    try:
+        ray.get(owner.close.remote(optimize=optimize))
+    except Exception as err:
+        ray.kill(owner)  # its process exits and lets go of the store
+        if optimize:
+            raise
+        log.debug("closing the store owner failed: %s", err)
+
+
+def _flush_quietly(flush: Any) -> None:
+    try:
+        flush()
+    except Exception as err:  # the report actor died with the job: the job's error wins
+        log.warning("could not write summary.json: %s", err)
+
+
+def root_error(err: BaseException) -> BaseException:
+    """The user-facing error inside Ray's wrappers (task errors, Ray Data's UDF errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    best = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None)  # RayTaskError: the exception raised
+        if isinstance(inner, BaseException):
+            current = inner
+            continue
+        if isinstance(current, SourceError | ModelMismatchError):
+            return current
+        best = current
+        current = current.__cause__
+    return best
+
+
+def format_dry_run(summary: IndexSummary) -> str:
+    """The dry run's answer: counts and bytes of what would happen."""
+
+    def line(what: str, n: int, size: int) -> str:
+        return f"{what:<22}{n:>10} videos {size / 1e6:>12.1f} MB"
+
+    lines = [
+        line("listed", summary.listed, summary.listed_bytes),
+        line("would index", summary.to_index, summary.to_index_bytes),
+        line("would skip (indexed)", summary.skipped, summary.skipped_bytes),
+        line("would skip (failed)", summary.skipped_failed, summary.skipped_failed_bytes),
+        line("beyond --limit", summary.deferred, summary.deferred_bytes),
+        line("would prune", summary.pruned, summary.pruned_bytes),
+    ]
+    return "\n".join([f"dry run of {summary.source} into {summary.collection}:", *lines])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``adaclip index`` and ``python -m pipelines.index``."""
+    """Entry point of ``adaclip index`` and ``python -m pipelines.index``.
+
+    Exit codes: 0 done (failed videos are in failures.jsonl), 2 the source or checkpoint
+    cannot be read or the collection belongs to another model (nothing indexed), 1 the job
+    failed part way (summary.json says how far it got).
+    """
+    from adaclip.checkpoint import CheckpointError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = parse_settings(IndexSettings, argv, "adaclip index")
-    summary = run_index(settings)
-    print(json.dumps(asdict(summary), indent=2))
+    try:
+        summary = run_index(settings)
+    except (SourceError, ModelMismatchError, CheckpointError, ValueError) as err:
+        print(f"adaclip index: {root_error(err)}", file=sys.stderr)
+        return EXIT_SOURCE_ERROR
+    except Exception as err:
+        cause = root_error(err)
+        print(f"adaclip index: failed: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return EXIT_SOURCE_ERROR if isinstance(cause, SourceError) else EXIT_FAILED
+    if settings.dry_run:
+        print(format_dry_run(summary))
+    else:
+        print(json.dumps(asdict(summary), indent=2))
     return 0
 
 

@@ -204,8 +204,8 @@ def _client_error_code(exc: bce.ClientError) -> tuple[str, int | None]:
 def classify_error(exc: BaseException) -> str | None:
     """The failure reason of a storage exception, or ``None`` if it is not one.
 
-    Returns one of ``not_found``, ``access_denied``, ``transient``, ``changed`` (the ETag
-    moved on), ``storage_error`` (another S3 error) or ``io_error`` (another local OS error).
+    Returns one of ``not_found``, ``access_denied``, ``no_credentials`` (boto3's chain
+    found none), ``transient``, ``changed`` (the ETag moved on), ``storage_error`` (another S3 error) or ``io_error`` (another local OS error).
     """
     if isinstance(exc, FetchError):
         return exc.reason
@@ -220,6 +220,8 @@ def classify_error(exc: BaseException) -> str | None:
         if code in TRANSIENT_CODES or status in TRANSIENT_HTTP_STATUS:
             return "transient"
         return "storage_error"
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return "no_credentials"
     if isinstance(exc, bce.SSLError):
         return "storage_error"
     if isinstance(exc, TRANSIENT_EXCEPTIONS):
@@ -238,6 +240,7 @@ def classify_error(exc: BaseException) -> str | None:
 _ERROR_TYPES: dict[str, type[FetchError]] = {
     "not_found": ObjectNotFoundError,
     "access_denied": AccessDeniedError,
+    "no_credentials": AccessDeniedError,
     "transient": TransientStorageError,
     "changed": ObjectChangedError,
 }

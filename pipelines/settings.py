@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, CliApp, CliPositionalArg, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
 
 DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
 
@@ -39,8 +39,9 @@ S = TypeVar("S", bound=JobSettings)
 
 def parse_settings(cls: type[S], argv: Sequence[str] | None, prog: str) -> S:
     """Parse ``argv`` (flags) over ``ADACLIP_*`` environment variables into ``cls``."""
-    cls.model_config["cli_prog_name"] = prog
-    return CliApp.run(cls, cli_args=list(argv or []))
+    from adaclip.cli import parse_flags
+
+    return parse_flags(cls, list(argv or []), prog)
 
 
 class StoreSettings(JobSettings):
@@ -63,7 +64,8 @@ class IndexSettings(StoreSettings):
     """``adaclip index SOURCE``: bulk-index videos into Qdrant with Ray Data."""
 
     source: CliPositionalArg[str] = Field(
-        description="s3://bucket/prefix, a local folder, or a manifest file (one URI per line)"
+        description="s3://bucket/prefix, a local folder, or a manifest: one URI per line, or "
+        "a .csv / .jsonl / .parquet table with a uri column and optional etag and size"
     )
     checkpoint: str | None = Field(
         None, description="checkpoint folder (local or s3://); none: zero-shot CLIP (--arch)"
@@ -103,7 +105,30 @@ class IndexSettings(StoreSettings):
         description="retries of an S3 request after throttling, 5xx or a dropped connection "
         "(botocore standard mode), and resumes of a download cut mid-body",
     )
-    limit: int | None = Field(None, description="index at most this many listed videos")
+    limit: int | None = Field(
+        None,
+        description="index at most this many new or changed videos (the listing, the skip "
+        "check and --prune still cover the whole source)",
+    )
+    prune: bool = Field(
+        False,
+        description="delete indexed videos under SOURCE whose objects are gone (only after a "
+        "complete listing; not for manifests)",
+    )
+    dry_run: bool = Field(
+        False,
+        description="print what would be indexed, skipped and pruned, with bytes; write nothing",
+    )
+    retry_failed: bool = Field(
+        False, description="fetch again videos that failed to decode before at the same etag"
+    )
+    list_shards: int = Field(
+        16, description="key ranges a bucket or folder listing is split into (one read task each)"
+    )
+    list_page_size: int = Field(1000, description="keys per listing request and listing block")
+    summary_every_s: float = Field(
+        30.0, description="seconds between two rewrites of summary.json while the job runs"
+    )
     frames_dir: bool = Field(
         False,
         description="SOURCE is a local folder of pre-extracted frames in the paper's layout "

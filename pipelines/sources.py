@@ -53,7 +53,12 @@ __all__ = [
     "classify_error",
     "download_folder",
     "is_s3_uri",
+    "in_key_range",
+    "list_folder_objects",
+    "list_folder_range",
+    "list_s3_range_pages",
     "list_videos",
+    "probe_s3_prefix",
     "presigned_url",
     "s3_client",
     "split_s3_uri",
@@ -135,7 +140,7 @@ def list_videos(
         SourceError: the source does not exist, cannot be read, or is malformed. A missing
             local source or a malformed URI raises at call time; S3 problems on first use.
     """
-    exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    exts = _normalise_exts(extensions)
     if limit is not None and limit < 0:
         raise ValueError("limit must be >= 0")
     videos: Iterator[VideoObject]
@@ -157,6 +162,10 @@ def list_videos(
     return itertools.islice(videos, limit)
 
 
+def _normalise_exts(extensions: Iterable[str]) -> frozenset[str]:
+    return frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+
+
 def _split(uri: str) -> tuple[str, str]:
     try:
         return split_s3_uri(uri)
@@ -173,37 +182,131 @@ def _storage_error(action: str, uri: str, exc: Exception) -> SourceError:
     return SourceError(f"cannot {action} {uri} ({reason}): {exc}")
 
 
+def _iter_s3_pages(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    page_size: int,
+    start_after: str | None = None,
+    stop_at: str | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """The objects under ``s3://bucket/prefix`` page by page, keys in
+    ``(start_after, stop_at)`` when given (both are full keys)."""
+    uri = f"s3://{bucket}/{prefix}"
+    paginator = client.get_paginator("list_objects_v2")
+    args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if start_after is not None:
+        args["StartAfter"] = start_after
+    pages = paginator.paginate(**args, PaginationConfig={"PageSize": page_size})
+    try:
+        for page in pages:
+            objs = page.get("Contents", [])
+            if stop_at is not None and objs and objs[-1]["Key"] >= stop_at:
+                yield [o for o in objs if o["Key"] < stop_at]
+                return
+            yield objs
+    except (bce.ClientError, bce.BotoCoreError) as exc:
+        raise _storage_error("list", uri, exc) from exc
+
+
 def _iter_s3_objects(
     client: Any, bucket: str, prefix: str, page_size: int
 ) -> Iterator[dict[str, Any]]:
     """Every object under ``s3://bucket/prefix``; SourceError if there are none."""
-    uri = f"s3://{bucket}/{prefix}"
-    paginator = client.get_paginator("list_objects_v2")
-    pages = paginator.paginate(
-        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
-    )
     found = False
-    try:
-        for page in pages:
-            for obj in page.get("Contents", []):
-                found = True
-                yield obj
-    except (bce.ClientError, bce.BotoCoreError) as exc:
-        raise _storage_error("list", uri, exc) from exc
+    for page in _iter_s3_pages(client, bucket, prefix, page_size):
+        for obj in page:
+            found = True
+            yield obj
     if not found:
-        raise SourceError(f"no objects under {uri} (missing bucket or prefix?)")
+        raise SourceError(f"no objects under s3://{bucket}/{prefix} (missing bucket or prefix?)")
+
+
+def _videos_of_page(
+    bucket: str, page: list[dict[str, Any]], exts: frozenset[str]
+) -> list[VideoObject]:
+    out = []
+    for obj in page:
+        key = PurePosixPath(obj["Key"])
+        if obj["Key"].endswith("/") or key.suffix.lower() not in exts:
+            continue
+        etag = str(obj.get("ETag", "")).strip('"')
+        out.append(VideoObject(f"s3://{bucket}/{key}", int(obj["Size"]), etag, key.stem))
+    return out
 
 
 def _list_s3(
     bucket: str, prefix: str, endpoint: str | None, exts: frozenset[str], page_size: int
 ) -> Iterator[VideoObject]:
     client = s3_client(endpoint)
-    for obj in _iter_s3_objects(client, bucket, prefix, page_size):
-        key = PurePosixPath(obj["Key"])
-        if obj["Key"].endswith("/") or key.suffix.lower() not in exts:
-            continue
-        etag = str(obj.get("ETag", "")).strip('"')
-        yield VideoObject(f"s3://{bucket}/{key}", int(obj["Size"]), etag, key.stem)
+    found = False
+    for page in _iter_s3_pages(client, bucket, prefix, page_size):
+        found = found or bool(page)
+        yield from _videos_of_page(bucket, page, exts)
+    if not found:
+        raise SourceError(f"no objects under s3://{bucket}/{prefix} (missing bucket or prefix?)")
+
+
+def list_s3_range_pages(
+    source: str,
+    key_range: tuple[str | None, str | None],
+    *,
+    s3_endpoint_url: str | None = None,
+    extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    page_size: int = 1000,
+) -> Iterator[list[VideoObject]]:
+    """The videos under ``s3://bucket/prefix`` whose key, after the prefix, lies in
+    ``[lo, hi)`` (``None``: unbounded), one list per ``ListObjectsV2`` page.
+
+    A key equal to ``prefix + lo`` itself is not listed (``StartAfter`` is exclusive); it has
+    no extension after ``lo``, so it is never a video when ``lo`` is one character.
+
+    Raises:
+        SourceError: the listing failed (reason in the message: access_denied ...).
+    """
+    bucket, prefix = _split(source)
+    prefix = _folder_prefix(prefix)
+    lo, hi = key_range
+    exts = _normalise_exts(extensions)
+    client = s3_client(s3_endpoint_url)
+    start = prefix + lo if lo else None
+    stop = prefix + hi if hi else None
+    for page in _iter_s3_pages(client, bucket, prefix, page_size, start, stop):
+        yield _videos_of_page(bucket, page, exts)
+
+
+def probe_s3_prefix(source: str, s3_endpoint_url: str | None = None) -> None:
+    """One ``ListObjectsV2`` of one key: a clear error before any work when the bucket is
+    missing, empty under the prefix, or refuses these credentials.
+
+    Raises:
+        SourceError: with the reason (``access_denied``, ``not_found``, ``no_credentials`` ...).
+    """
+    bucket, prefix = _split(source)
+    prefix = _folder_prefix(prefix)
+    uri = f"s3://{bucket}/{prefix}"
+    try:
+        resp = s3_client(s3_endpoint_url).list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except (bce.ClientError, bce.BotoCoreError) as exc:
+        raise _storage_error("list", uri, exc) from exc
+    if not resp.get("Contents"):
+        raise SourceError(f"no objects under {uri} (missing bucket or prefix?)")
+
+
+def list_folder_objects(uri: str, s3_endpoint_url: str | None = None) -> list[tuple[str, str, int]]:
+    """(relative key, etag, size) of every object under an ``s3://`` folder, sorted.
+
+    Raises:
+        SourceError: nothing under the prefix, or S3 refused.
+    """
+    bucket, prefix = _split(uri)
+    prefix = _folder_prefix(prefix)
+    client = s3_client(s3_endpoint_url)
+    return sorted(
+        (o["Key"][len(prefix) :], str(o.get("ETag", "")).strip('"'), int(o.get("Size", 0)))
+        for o in _iter_s3_objects(client, bucket, prefix, 1000)
+        if not o["Key"].endswith("/")
+    )
 
 
 def _local_video(path: Path) -> VideoObject:
@@ -211,11 +314,42 @@ def _local_video(path: Path) -> VideoObject:
     return VideoObject(str(path), st.st_size, local_etag(st), path.stem)
 
 
-def _list_folder(root: Path, exts: frozenset[str]) -> Iterator[VideoObject]:
+def in_key_range(name: str, key_range: tuple[str | None, str | None]) -> bool:
+    """``lo <= name < hi`` (``None``: unbounded)."""
+    lo, hi = key_range
+    return (lo is None or name >= lo) and (hi is None or name < hi)
+
+
+def list_folder_range(
+    root: str | Path,
+    key_range: tuple[str | None, str | None] = (None, None),
+    extensions: Iterable[str] = VIDEO_EXTENSIONS,
+) -> Iterator[VideoObject]:
+    """The videos under local folder ``root`` whose top-level entry name is in ``[lo, hi)``,
+    in sorted path order (see :func:`list_videos`).
+
+    Raises:
+        SourceError: ``root`` is not a folder.
+    """
+    base = local_path(str(root)).expanduser()
+    if not base.is_dir():
+        raise SourceError(f"folder not found: {root}")
+    return _list_folder(base.resolve(), _normalise_exts(extensions), key_range)
+
+
+def _list_folder(
+    root: Path,
+    exts: frozenset[str],
+    key_range: tuple[str | None, str | None] = (None, None),
+) -> Iterator[VideoObject]:
     """Files under ``root`` in ``sorted(root.rglob(...))`` order, streamed one folder at a
-    time. Symlinked folders are not followed (no cycles); unreadable folders are skipped."""
+    time; at the top level only entries whose name is in ``key_range``. Symlinked folders are
+    not followed (no cycles); unreadable folders are skipped."""
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
+        entries = sorted(
+            (e for e in os.scandir(root) if in_key_range(e.name, key_range)),
+            key=lambda e: e.name,
+        )
     except OSError as exc:
         log.warning("skipping unreadable folder %s: %s", root, exc)
         return
@@ -273,8 +407,14 @@ def _safe_join(root: Path, rel: str) -> Path:
     return root.joinpath(*parts)
 
 
-def list_frame_folders(root: str | Path, *, limit: int | None = None) -> Iterator[VideoObject]:
-    """Videos stored as frame folders (``root/<video_id>/image_00001.jpg ...``), sorted.
+def list_frame_folders(
+    root: str | Path,
+    *,
+    limit: int | None = None,
+    key_range: tuple[str | None, str | None] = (None, None),
+) -> Iterator[VideoObject]:
+    """Videos stored as frame folders (``root/<video_id>/image_00001.jpg ...``), sorted;
+    only folders whose name is in ``key_range`` (``[lo, hi)``) when given.
 
     The etag is derived from the frame count and the newest frame's mtime, so adding or
     re-extracting frames makes the video index again.
@@ -283,7 +423,8 @@ def list_frame_folders(root: str | Path, *, limit: int | None = None) -> Iterato
     if not base.is_dir():
         raise SourceError(f"frames folder {root} does not exist or is not a folder")
     count = 0
-    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+    folders = (p for p in base.iterdir() if p.is_dir() and in_key_range(p.name, key_range))
+    for folder in sorted(folders):
         if limit is not None and count >= limit:
             return
         frames = [f.stat() for f in folder.iterdir() if f.is_file()]

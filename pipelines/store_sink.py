@@ -31,7 +31,14 @@ import numpy as np
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from pipelines.store import VideoRecord, VideoStore, open_store
+from pipelines.store import (
+    FailedVideo,
+    IndexedState,
+    ModelMismatchError,
+    VideoRecord,
+    VideoStore,
+    open_store,
+)
 
 log = logging.getLogger("adaclip.index")
 
@@ -50,16 +57,23 @@ class StoreTarget:
     dim: int
     num_frames: int
     model_id: str
+    create: bool = True  # False (dry run): bind an existing collection only, write nothing
 
     def open(self) -> VideoStore:
-        """Open the store and bind the collection (created if missing).
+        """Open the store and bind the collection (created if missing and ``create``).
 
         Raises:
             ModelMismatchError: the collection was filled by another model.
+            LookupError: ``create`` is False and the collection does not exist.
         """
         store = open_store(self.qdrant_path, self.qdrant_url, self.api_key)
         try:
-            store.ensure_collection(self.collection, self.dim, self.num_frames, self.model_id)
+            if self.create:
+                store.ensure_collection(self.collection, self.dim, self.num_frames, self.model_id)
+            else:
+                info = store.open_collection(self.collection)
+                if info.model_id != self.model_id:
+                    raise ModelMismatchError(self.collection, info.model_id, self.model_id)
         except BaseException:
             store.close()
             raise
@@ -83,8 +97,8 @@ def open_when_free(open_fn: Callable[[], VideoStore], wait_s: float = 15.0) -> V
             time.sleep(0.5)
 
 
-def to_records(batch: dict[str, np.ndarray], model_id: str) -> list[VideoRecord]:
-    """Rows of the embedding stage -> store records."""
+def to_records(batch: dict[str, np.ndarray], model_id: str, run_id: str = "") -> list[VideoRecord]:
+    """Rows of the embedding stage -> store records (marked as seen by run ``run_id``)."""
     return [
         VideoRecord(
             uri=str(batch["uri"][i]),
@@ -97,34 +111,81 @@ def to_records(batch: dict[str, np.ndarray], model_id: str) -> list[VideoRecord]
             frame_ts=list(batch["frame_ts"][i]),
             frame_weights=list(batch["frame_weights"][i]),
             model_id=model_id,
+            seen_run=run_id,
         )
         for i in range(len(batch["uri"]))
     ]
 
 
 class StoreWriter:
-    """The store's single owner while the job writes (a Ray actor; calls run one at a time).
+    """The store's single owner during a job (a Ray actor; calls run one at a time).
+
+    Everything the job asks of the store goes through it: the plan stage's lookups (and
+    marks), the sink's upserts, the decode stage's failure records, the final sweep. With
+    ``target.create`` False (a dry run) it only reads, and a missing collection reads as
+    empty.
 
     Args:
         target: the store and collection to open.
     """
 
     def __init__(self, target: StoreTarget) -> None:
-        self.store: VideoStore | None = open_when_free(target.open)
+        self.store: VideoStore | None = None
+        self.error: BaseException | None = None
+        try:
+            self.store = open_when_free(target.open)
+        except LookupError:
+            if target.create:
+                raise
+        except Exception as err:  # raised to the caller by progress(): a readable error
+            self.error = err
         self.upserted = 0
         self._totals: list[int] = []  # running totals after each upsert, not yet polled
 
-    def upsert(self, records: list[VideoRecord]) -> int:
-        """Write one batch (durable on return); the number of records written."""
+    def _require(self) -> VideoStore:
+        if self.error is not None:
+            raise self.error
         if self.store is None:
             raise RuntimeError("the store writer is closed")
-        self.store.upsert(records)
+        return self.store
+
+    def upsert(self, records: list[VideoRecord]) -> int:
+        """Write one batch (durable on return); the number of records written."""
+        self._require().upsert(records)
         self.upserted += len(records)
         self._totals.append(self.upserted)
         return len(records)
 
+    def lookup(self, uris: list[str], mark_run: str | None = None) -> dict[str, IndexedState]:
+        """What the collection holds for ``uris``; with ``mark_run``, mark those it holds as
+        seen by that run (``--prune``'s mark)."""
+        if self.store is None and self.error is None:  # dry run on a missing collection
+            return {}
+        store = self._require()
+        known = store.lookup(uris)
+        if mark_run and known:
+            store.mark_seen(list(known), mark_run)
+        return known
+
+    def record_failures(self, failures: list[FailedVideo]) -> int:
+        """Store permanent failures (not downloaded again at the same etag)."""
+        self._require().record_failures(failures)
+        return len(failures)
+
+    def sweep(self, uri_prefix: str, run_id: str) -> tuple[int, int]:
+        """Delete what run ``run_id`` did not see under ``uri_prefix``: (points, bytes)."""
+        return self._require().sweep(uri_prefix, run_id)
+
+    def prefix_totals(self, uri_prefix: str) -> tuple[int, int]:
+        """(points, bytes) stored under ``uri_prefix`` (0, 0 for a missing collection)."""
+        if self.store is None and self.error is None:
+            return 0, 0
+        return self._require().prefix_totals(uri_prefix)
+
     def progress(self) -> list[int]:
-        """The running totals after each upsert since the last call."""
+        """The running totals after each upsert since the last call (raises the open error)."""
+        if self.error is not None:
+            raise self.error
         totals, self._totals = self._totals, []
         return totals
 
@@ -149,11 +210,14 @@ class VideoStoreDatasink(Datasink[int]):
         upsert_batch_size: records per upsert; also the rows Ray Data bundles per write task.
     """
 
-    def __init__(self, writer: Any, model_id: str, upsert_batch_size: int) -> None:
+    def __init__(
+        self, writer: Any, model_id: str, upsert_batch_size: int, run_id: str = ""
+    ) -> None:
         if upsert_batch_size < 1:
             raise ValueError("upsert_batch_size must be >= 1")
         self.writer = writer
         self.model_id = model_id
+        self.run_id = run_id
         self.upsert_batch_size = upsert_batch_size
         self.written = 0  # records upserted by all write tasks; set by on_write_complete
 
@@ -170,7 +234,7 @@ class VideoStoreDatasink(Datasink[int]):
             rows = BlockAccessor.for_block(block)
             if rows.num_rows() == 0:  # every video of a batch failed: may lack columns
                 continue
-            pending += to_records(rows.to_batch_format("numpy"), self.model_id)
+            pending += to_records(rows.to_batch_format("numpy"), self.model_id, self.run_id)
             while len(pending) >= self.upsert_batch_size:
                 chunk, pending = (
                     pending[: self.upsert_batch_size],
@@ -185,45 +249,50 @@ class VideoStoreDatasink(Datasink[int]):
         self.written = sum(int(n) for n in write_result.write_returns if n is not None)
 
 
-def progress_line(indexed: int, total: int, skipped: int, failed: int, elapsed_s: float) -> str:
-    """The periodic log line: rate, counts and the time left at that rate."""
+def progress_line(
+    indexed: int, total: int, skipped: int, failed: int, elapsed_s: float, listed: int = -1
+) -> str:
+    """The periodic log line: rate, counts and the time left at that rate (``total``: the
+    videos planned so far; it grows while the listing goes on)."""
     rate = indexed / elapsed_s if elapsed_s > 0 else 0.0
     left = max(total - indexed - failed, 0)
     eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+    seen = f"listed {listed}, " if listed >= 0 else ""
     return (
-        f"{rate:.2f} videos/s, indexed {indexed}/{total}, skipped {skipped}, "
+        f"{rate:.2f} videos/s, {seen}indexed {indexed}/{total}, skipped {skipped}, "
         f"failed {failed}, ETA {eta}"
     )
 
 
 class ProgressReporter:
-    """Driver thread polling the writer: one ``indexed N/M videos`` line per upsert, and a
-    :func:`progress_line` log every ``log_every_s`` seconds.
+    """Driver thread polling the writer and the report actor: one ``indexed N/M videos``
+    line per upsert (M: videos planned so far), a :func:`progress_line` log every
+    ``log_every_s`` seconds, and ``flush()`` (summary.json) every ``flush_every_s``.
 
     Args:
         writer: the :class:`StoreWriter` actor handle.
-        failure_log: the ``FailureLog`` actor handle (for the failed count).
-        total: videos to index in this run.
-        skipped: videos skipped as already indexed.
+        report: the ``JobReport`` actor handle (counts of the plan stage and failures).
         log_every_s: seconds between two log lines.
         poll_s: seconds between two polls of the writer.
+        flush: called every ``flush_every_s`` seconds (None: never).
+        flush_every_s: seconds between two calls of ``flush``.
     """
 
     def __init__(
         self,
         writer: Any,
-        failure_log: Any,
-        total: int,
-        skipped: int,
+        report: Any,
         log_every_s: float = 10.0,
         poll_s: float = 0.25,
+        flush: Callable[[], Any] | None = None,
+        flush_every_s: float = 30.0,
     ) -> None:
-        self.writer, self.failure_log = writer, failure_log
-        self.total, self.skipped = total, skipped
+        self.writer, self.report = writer, report
         self.log_every_s, self.poll_s = log_every_s, poll_s
+        self.flush, self.flush_every_s = flush, flush_every_s
         self.indexed = 0
         self.lines: list[str] = []  # the log lines so far
-        self._started = self._logged = time.monotonic()
+        self._started = self._logged = self._flushed = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-progress", daemon=True)
 
@@ -249,15 +318,25 @@ class ProgressReporter:
     def poll(self, force_log: bool = False) -> None:
         import ray
 
-        for n in ray.get(self.writer.progress.remote()):
-            self.indexed = n
-            print(f"indexed {n}/{self.total} videos", flush=True)
+        totals = ray.get(self.writer.progress.remote())
         now = time.monotonic()
-        if force_log or now - self._logged >= self.log_every_s:
+        due = force_log or now - self._logged >= self.log_every_s
+        counts = ray.get(self.report.snapshot.remote()) if totals or due else {}
+        for n in totals:
+            self.indexed = n
+            print(f"indexed {n}/{counts['to_index']} videos", flush=True)
+        if due:
             self._logged = now
-            failed = int(ray.get(self.failure_log.count.remote()))
             line = progress_line(
-                self.indexed, self.total, self.skipped, failed, now - self._started
+                self.indexed,
+                int(counts["to_index"]),
+                int(counts["skipped"]) + int(counts["skipped_failed"]),
+                int(counts["failed"]),
+                now - self._started,
+                listed=int(counts["listed"]),
             )
             self.lines.append(line)
             log.info("%s", line)
+        if self.flush is not None and now - self._flushed >= self.flush_every_s:
+            self._flushed = now
+            self.flush()

@@ -28,6 +28,8 @@ import numpy.typing as npt
 
 from pipelines.store.rerank import frame_cosines, gram_matrices, qscore_from_cosines
 
+Filter = tuple[tuple[str, str], ...]  # AND of exact keyword matches (key, value)
+
 # Fixed forever: point ids of already-built indexes depend on it.
 NAMESPACE = uuid.UUID("fd15bc21-6c29-58f6-9d85-9f02be357ec5")
 # The nil UUID; uuid5 ids always carry version 5, so no video can collide with it.
@@ -35,13 +37,15 @@ META_POINT_ID = "00000000-0000-0000-0000-000000000000"
 SCHEMA_VERSION = 1
 VIDEO_VECTOR = "video"
 FRAMES_VECTOR = "frames"
-INDEXED_FIELDS = ("uri", "video_id", "model_id", "uri_prefixes")
+INDEXED_FIELDS = ("uri", "video_id", "model_id", "uri_prefixes", "status", "seen_run")
 INTERNAL_FIELDS = ("uri_prefixes", "frame_norms", "frame_gram")
 # What `adaclip ls` shows of each video.
 LISTED_FIELDS = ("uri", "video_id", "etag", "duration_s", "model_id", "indexed_at")
 SCROLL_PAGE = 1024
+# `status` of a failure record: a video that failed for good at this etag (no vectors).
+FAILED = "failed"
+FAILURE_RECORDS: Filter = (("status", FAILED),)  # matches failure records only
 
-Filter = tuple[tuple[str, str], ...]  # AND of exact keyword matches (key, value)
 FloatArray = npt.NDArray[np.float32]
 
 
@@ -101,6 +105,7 @@ class VideoRecord:
     frame_weights: list[float]  # (K,) aggregation weights
     model_id: str
     indexed_at: str = ""  # ISO 8601 UTC; filled when empty
+    seen_run: str = ""  # run id of the index job that listed it (mark and sweep)
 
     def __post_init__(self) -> None:
         self.video_vector = np.asarray(self.video_vector, dtype=np.float32).reshape(-1)
@@ -148,7 +153,45 @@ class VideoRecord:
             "uri_prefixes": uri_dir_prefixes(self.uri),
             "frame_norms": [float(n) for n in self.frame_norms()],
             "frame_gram": [float(g) for g in self.frame_gram().reshape(-1)],
+            **({"seen_run": self.seen_run} if self.seen_run else {}),
         }
+
+
+@dataclass(frozen=True)
+class FailedVideo:
+    """A video that failed for good at this etag: stored as a point without vectors, so the
+    next run does not download it again until its etag changes (or ``--retry-failed``)."""
+
+    uri: str
+    etag: str
+    size_bytes: int
+    stage: str
+    reason: str
+    message: str
+    model_id: str
+    seen_run: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "etag": self.etag,
+            "size_bytes": int(self.size_bytes),
+            "status": FAILED,
+            "failure": {"stage": self.stage, "reason": self.reason, "message": self.message},
+            "model_id": self.model_id,
+            "indexed_at": _utc_now(),
+            "uri_prefixes": uri_dir_prefixes(self.uri),
+            **({"seen_run": self.seen_run} if self.seen_run else {}),
+        }
+
+
+@dataclass(frozen=True)
+class IndexedState:
+    """What the store knows of a URI: its etag and size, and whether it is a failure record."""
+
+    etag: str
+    size_bytes: int
+    failed: bool = False
 
 
 @dataclass
@@ -336,7 +379,11 @@ class VideoStore(abc.ABC):
             self._upsert_points(points)
 
     def indexed_etags(self, uri_prefix: str | None = None) -> dict[str, str]:
-        """uri -> etag of every indexed video (under `uri_prefix` if given)."""
+        """uri -> etag of every indexed video (under `uri_prefix` if given).
+
+        Holds the whole collection in memory: for tests and small tools. The ingestion
+        job looks URIs up batch by batch with `lookup` instead.
+        """
         return {
             p["uri"]: str(p.get("etag", "")) for p in self.iter_videos(uri_prefix, ["uri", "etag"])
         }
@@ -344,20 +391,93 @@ class VideoStore(abc.ABC):
     def iter_videos(
         self, uri_prefix: str | None = None, fields: Sequence[str] = LISTED_FIELDS
     ) -> Iterator[dict[str, Any]]:
-        """The payload `fields` of every indexed video (under `uri_prefix`), page by page."""
+        """The payload `fields` of every indexed video (under `uri_prefix`), page by page, in
+        point-id order. Failure records are not videos and are left out."""
         _ = self.collection  # raises when unbound
         exact, post = prefix_filter(uri_prefix)
         flt: Filter = (("uri_prefixes", exact),) if exact else ()
         wanted = list(dict.fromkeys(["uri", *fields]))
         offset: str | None = None
         while True:
-            rows, offset = self._scroll(flt, wanted, offset, SCROLL_PAGE)
+            rows, offset = self._scroll(flt, wanted, offset, SCROLL_PAGE, FAILURE_RECORDS)
             for r in rows:
                 uri = r.payload.get("uri")
                 if r.id != META_POINT_ID and uri and (post is None or uri.startswith(post)):
                     yield {f: r.payload.get(f) for f in wanted}
             if offset is None:
                 return
+
+    def lookup(self, uris: Sequence[str]) -> dict[str, IndexedState]:
+        """What the collection holds for each of `uris` (by point id; absent ones left out)."""
+        _ = self.collection  # raises when unbound
+        if not uris:
+            return {}
+        rows = self._retrieve(
+            [point_id_for(u) for u in uris], ["uri", "etag", "size_bytes", "status"]
+        )
+        wanted = set(uris)
+        out = {}
+        for r in rows:
+            uri = r.payload.get("uri")
+            if uri in wanted:
+                out[str(uri)] = IndexedState(
+                    etag=str(r.payload.get("etag") or ""),
+                    size_bytes=int(r.payload.get("size_bytes") or 0),
+                    failed=r.payload.get("status") == FAILED,
+                )
+        return out
+
+    def mark_seen(self, uris: Sequence[str], run_id: str) -> None:
+        """Record that run `run_id` listed these (already stored) URIs: the mark of `sweep`."""
+        _ = self.collection
+        if uris:
+            self._set_payload([point_id_for(u) for u in uris], {"seen_run": run_id})
+
+    def record_failures(self, failures: Sequence[FailedVideo]) -> None:
+        """Store failure records (points without vectors); a stored video of the same URI is
+        replaced: its object changed into one that cannot be indexed."""
+        info = self.collection
+        for f in failures:
+            if f.model_id != info.model_id:
+                raise ModelMismatchError(info.name, info.model_id, f.model_id)
+        if failures:
+            self._upsert_points([Point(point_id_for(f.uri), {}, f.payload()) for f in failures])
+
+    def prefix_totals(self, uri_prefix: str, unseen_by: str | None = None) -> tuple[int, int]:
+        """(points, bytes) stored under the directory prefix `uri_prefix` (videos and failure
+        records), only those not marked by run `unseen_by` when given."""
+        _ = self.collection
+        exclude: Filter = (("seen_run", unseen_by),) if unseen_by else ()
+        count = size = 0
+        offset: str | None = None
+        while True:
+            rows, offset = self._scroll(
+                (("uri_prefixes", uri_prefix),), ["size_bytes"], offset, SCROLL_PAGE, exclude
+            )
+            count += len(rows)
+            size += sum(int(r.payload.get("size_bytes") or 0) for r in rows)
+            if offset is None:
+                return count, size
+
+    def sweep(self, uri_prefix: str, run_id: str) -> tuple[int, int]:
+        """Delete the points under the directory prefix `uri_prefix` that run `run_id` did not
+        mark (their objects are gone); returns (points, bytes) deleted.
+
+        Call it only after a complete listing: an unlisted object is taken as deleted.
+        """
+        _ = self.collection
+        if not uri_prefix.endswith("/"):
+            raise ValueError(f"sweep needs a directory prefix ending in '/': {uri_prefix!r}")
+        flt: Filter = (("uri_prefixes", uri_prefix),)
+        count = size = 0
+        while True:  # deleted points leave the filter: always read the first page
+            rows, _ = self._scroll(flt, ["size_bytes"], None, SCROLL_PAGE, (("seen_run", run_id),))
+            rows = [r for r in rows if r.id != META_POINT_ID]
+            if not rows:
+                return count, size
+            self._delete_points([r.id for r in rows])
+            count += len(rows)
+            size += sum(int(r.payload.get("size_bytes") or 0) for r in rows)
 
     def search(
         self,
@@ -401,12 +521,15 @@ class VideoStore(abc.ABC):
             rows, _ = self._scroll((("video_id", key),), None, None, 1)
         else:
             rows = [] if pid == META_POINT_ID else self._retrieve([pid])
-        return row_to_hit(rows[0]) if rows else None
+        if not rows or rows[0].payload.get("status") == FAILED:
+            return None
+        return row_to_hit(rows[0])
 
     def count(self) -> int:
-        """Number of videos (the metadata point excluded)."""
+        """Number of videos (the metadata point and failure records excluded)."""
         _ = self.collection  # raises when unbound
-        return max(self._count_points() - 1, 0)
+        failed = self._count_points(FAILURE_RECORDS)
+        return max(self._count_points() - 1 - failed, 0)
 
     def optimize(self) -> bool:
         """Build indexes now (embedded backend); True if anything changed."""
@@ -459,14 +582,29 @@ class VideoStore(abc.ABC):
         """Write points (batched by the backend), durable when it returns."""
 
     @abc.abstractmethod
-    def _retrieve(self, ids: Sequence[str]) -> list[Row]:
-        """Points by id, with payload, without vectors; missing ids are skipped."""
+    def _retrieve(self, ids: Sequence[str], fields: list[str] | None = None) -> list[Row]:
+        """Points by id, with payload (`fields`, or all if None), without vectors; missing
+        ids are skipped."""
 
     @abc.abstractmethod
     def _scroll(
-        self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
+        self,
+        flt: Filter,
+        fields: list[str] | None,
+        offset: str | None,
+        limit: int,
+        exclude: Filter = (),
     ) -> tuple[list[Row], str | None]:
-        """One page of points (payload `fields`, or all if None) and the next offset."""
+        """One page of points matching `flt` and none of `exclude` (payload `fields`, or all
+        if None) and the next offset."""
+
+    @abc.abstractmethod
+    def _set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Set payload keys of existing points (missing ids are ignored), durable on return."""
+
+    @abc.abstractmethod
+    def _delete_points(self, ids: Sequence[str]) -> None:
+        """Delete points by id, durable on return."""
 
     @abc.abstractmethod
     def _query(
@@ -475,8 +613,8 @@ class VideoStore(abc.ABC):
         """Nearest points by the `video` vector, best first, with payload (and frames)."""
 
     @abc.abstractmethod
-    def _count_points(self) -> int:
-        """Exact number of points, metadata point included."""
+    def _count_points(self, flt: Filter = ()) -> int:
+        """Exact number of points matching `flt`, metadata point included."""
 
     @abc.abstractmethod
     def _close(self) -> None:

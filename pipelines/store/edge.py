@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import qdrant_edge as qe
 
@@ -46,10 +47,13 @@ def _edge_config(dim: int) -> qe.EdgeConfig:
     return qe.EdgeConfig(vectors={VIDEO_VECTOR: video, FRAMES_VECTOR: frames})
 
 
-def _edge_filter(flt: Filter) -> qe.Filter | None:
-    if not flt:
+def _edge_filter(flt: Filter, exclude: Filter = ()) -> qe.Filter | None:
+    if not flt and not exclude:
         return None
-    return qe.Filter(must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in flt])
+    return qe.Filter(
+        must=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in flt] or None,
+        must_not=[qe.FieldCondition(k, match=qe.MatchValue(v)) for k, v in exclude] or None,
+    )
 
 
 class EdgeVideoStore(VideoStore):
@@ -81,17 +85,19 @@ class EdgeVideoStore(VideoStore):
         folder = self.path / name
         try:
             if (folder / _CONFIG_FILE).exists():
-                self._shard = qe.EdgeShard.load(str(folder))
+                shard = qe.EdgeShard.load(str(folder))
             elif create:
                 folder.parent.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(folder), _edge_config(dim))
-                for key in INDEXED_FIELDS:
+            else:
+                return False
+            indexed = set(shard.info().payload_schema)
+            for key in INDEXED_FIELDS:  # idempotent; older collections gain the newer fields
+                if key not in indexed and create:
                     shard.update(
                         qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
                     )
-                self._shard = shard
-            else:
-                return False
+            self._shard = shard
         except Exception as e:
             if "WouldBlock" in str(e):
                 raise RuntimeError(
@@ -111,17 +117,23 @@ class EdgeVideoStore(VideoStore):
             ]
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
-    def _retrieve(self, ids: Sequence[str]) -> list[Row]:
-        return [row_from_point(p) for p in self._require().retrieve(list(ids), True, False)]
+    def _retrieve(self, ids: Sequence[str], fields: list[str] | None = None) -> list[Row]:
+        payload: bool | list[str] = True if fields is None else list(fields)
+        return [row_from_point(p) for p in self._require().retrieve(list(ids), payload, False)]
 
     def _scroll(
-        self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
+        self,
+        flt: Filter,
+        fields: list[str] | None,
+        offset: str | None,
+        limit: int,
+        exclude: Filter = (),
     ) -> tuple[list[Row], str | None]:
         payload: bool | qe.PayloadSelector = (
             True if fields is None else qe.PayloadSelector.Include(fields)
         )
         request = qe.ScrollRequest(
-            offset=offset, limit=limit, filter=_edge_filter(flt), with_payload=payload
+            offset=offset, limit=limit, filter=_edge_filter(flt, exclude), with_payload=payload
         )
         points, next_offset = self._require().scroll(request)
         return [row_from_point(p) for p in points], (
@@ -142,8 +154,16 @@ class EdgeVideoStore(VideoStore):
         )
         return [row_from_point(p, with_frames) for p in self._require().query(request)]
 
-    def _count_points(self) -> int:
-        return self._require().count(qe.CountRequest(exact=True))
+    def _set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            self._require().update(qe.UpdateOperation.set_payload(list(ids), payload))
+
+    def _delete_points(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._require().update(qe.UpdateOperation.delete_points(list(ids)))
+
+    def _count_points(self, flt: Filter = ()) -> int:
+        return self._require().count(qe.CountRequest(exact=True, filter=_edge_filter(flt)))
 
     def _close(self) -> None:
         if self._shard is not None:

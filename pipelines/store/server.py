@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -42,10 +43,14 @@ def _vectors_config(dim: int) -> dict[str, qm.VectorParams]:
     }
 
 
-def _client_filter(flt: Filter) -> qm.Filter | None:
-    if not flt:
+def _client_filter(flt: Filter, exclude: Filter = ()) -> qm.Filter | None:
+    if not flt and not exclude:
         return None
-    return qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in flt])
+
+    def conditions(pairs: Filter) -> list[qm.Condition] | None:
+        return [qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in pairs] or None
+
+    return qm.Filter(must=conditions(flt), must_not=conditions(exclude))
 
 
 class ServerVideoStore(VideoStore):
@@ -119,18 +124,26 @@ class ServerVideoStore(VideoStore):
             ]
             self._client.upsert(name, batch, wait=True)
 
-    def _retrieve(self, ids: Sequence[str]) -> list[Row]:
+    def _retrieve(self, ids: Sequence[str], fields: list[str] | None = None) -> list[Row]:
         points = self._client.retrieve(
-            self._require(), list(ids), with_payload=True, with_vectors=False
+            self._require(),
+            list(ids),
+            with_payload=True if fields is None else list(fields),
+            with_vectors=False,
         )
         return [row_from_point(p) for p in points]
 
     def _scroll(
-        self, flt: Filter, fields: list[str] | None, offset: str | None, limit: int
+        self,
+        flt: Filter,
+        fields: list[str] | None,
+        offset: str | None,
+        limit: int,
+        exclude: Filter = (),
     ) -> tuple[list[Row], str | None]:
         points, next_offset = self._client.scroll(
             self._require(),
-            scroll_filter=_client_filter(flt),
+            scroll_filter=_client_filter(flt, exclude),
             limit=limit,
             offset=offset,
             with_payload=True if fields is None else fields,
@@ -156,8 +169,20 @@ class ServerVideoStore(VideoStore):
         )
         return [row_from_point(p, with_frames) for p in response.points]
 
-    def _count_points(self) -> int:
-        return self._client.count(self._require(), exact=True).count
+    def _set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            self._client.set_payload(self._require(), payload, points=list(ids), wait=True)
+
+    def _delete_points(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._client.delete(
+                self._require(), points_selector=qm.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def _count_points(self, flt: Filter = ()) -> int:
+        return self._client.count(
+            self._require(), count_filter=_client_filter(flt), exact=True
+        ).count
 
     def _close(self) -> None:
         self._name = None
