@@ -1,14 +1,17 @@
 """``adaclip ls``: what an index holds, one line per video, and the count.
 
 Reads the collection through the same store interface as the job and the server, so it
-works on the embedded folder (when no job holds it) and on a Qdrant server alike.
+works on the embedded folder (when no job holds it) and on a Qdrant server alike. Rows are
+streamed page by page in the index's order (point ids, not URIs): a collection of millions
+is listed without being held in memory. Pipe through ``sort`` for URI order.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from pydantic import Field
@@ -16,7 +19,7 @@ from pydantic_settings import SettingsConfigDict
 
 from pipelines.settings import StoreSettings, parse_settings
 from pipelines.store import DEFAULT_QDRANT_PATH, open_store
-from pipelines.store.base import LISTED_FIELDS
+from pipelines.store.base import LISTED_FIELDS, SCROLL_PAGE
 
 
 class LsSettings(StoreSettings):
@@ -31,38 +34,63 @@ class LsSettings(StoreSettings):
     model_config = SettingsConfigDict(cli_shortcuts={"json-lines": "json"})
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Aligned text columns: uri, etag, duration, model_id, indexed_at."""
-    header = {"uri": "URI", "etag": "ETAG", "duration_s": "DURATION_S"}
-    header |= {"model_id": "MODEL_ID", "indexed_at": "INDEXED_AT"}
-    cells = [header] + [
-        {
-            "uri": str(r["uri"]),
-            "etag": str(r.get("etag") or ""),
-            "duration_s": f"{float(r.get('duration_s') or 0.0):.2f}",
-            "model_id": str(r.get("model_id") or ""),
-            "indexed_at": str(r.get("indexed_at") or ""),
-        }
-        for r in rows
-    ]
-    widths = {k: max(len(c[k]) for c in cells) for k in header}
-    return ["  ".join(c[k].ljust(widths[k]) for k in header).rstrip() for c in cells]
+HEADER = {
+    "uri": "URI",
+    "etag": "ETAG",
+    "duration_s": "DURATION_S",
+    "model_id": "MODEL_ID",
+    "indexed_at": "INDEXED_AT",
+}
+
+
+def _cells(row: dict[str, Any]) -> dict[str, str]:
+    return {
+        "uri": str(row["uri"]),
+        "etag": str(row.get("etag") or ""),
+        "duration_s": f"{float(row.get('duration_s') or 0.0):.2f}",
+        "model_id": str(row.get("model_id") or ""),
+        "indexed_at": str(row.get("indexed_at") or ""),
+    }
+
+
+def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> list[str]:
+    """Aligned text columns (uri, etag, duration, model_id, indexed_at) of one page of rows;
+    the column widths are the page's (the header's, at least)."""
+    cells = ([HEADER] if header else []) + [_cells(r) for r in rows]
+    widths = {k: max(len(HEADER[k]), *(len(c[k]) for c in cells)) for k in HEADER}
+    return ["  ".join(c[k].ljust(widths[k]) for k in HEADER).rstrip() for c in cells]
+
+
+def _pages(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    it = iter(rows)
+    while page := list(itertools.islice(it, size)):
+        yield page
 
 
 def write_listing(
-    rows: Iterable[dict[str, Any]], collection: str, as_json: bool, out: TextIO, err: TextIO
+    rows: Iterable[dict[str, Any]],
+    collection: str,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+    page_size: int = SCROLL_PAGE,
 ) -> int:
-    """Print the videos (sorted by URI) and the count; returns the count."""
-    ordered = sorted(rows, key=lambda r: str(r["uri"]))
+    """Print the videos as they stream in (a page at a time) and the count; returns it."""
+    count = 0
+    for page in _pages(rows, page_size):
+        if as_json:
+            out.write(
+                "".join(json.dumps({k: r.get(k) for k in LISTED_FIELDS}) + "\n" for r in page)
+            )
+        else:
+            out.write("\n".join(format_table(page, header=count == 0)) + "\n")
+        out.flush()
+        count += len(page)
     if as_json:
-        for row in ordered:
-            out.write(json.dumps({k: row.get(k) for k in LISTED_FIELDS}) + "\n")
-        err.write(f"{len(ordered)} videos in {collection}\n")
+        err.write(f"{count} videos in {collection}\n")
     else:
-        if ordered:
-            out.write("\n".join(format_table(ordered)) + "\n")
-        out.write(f"{len(ordered)} videos in {collection}\n")
-    return len(ordered)
+        out.write(f"{count} videos in {collection}\n")
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,13 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         store.open_collection(settings.collection)
-        rows = list(store.iter_videos(settings.uri_prefix))
+        rows = store.iter_videos(settings.uri_prefix)
+        write_listing(rows, settings.collection, settings.json_lines, sys.stdout, sys.stderr)
     except LookupError as exc:
         print(f"adaclip ls: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    write_listing(rows, settings.collection, settings.json_lines, sys.stdout, sys.stderr)
     return 0
 
 

@@ -103,15 +103,13 @@ class QueryEncoder:
 
 
 def local_checkpoint(checkpoint: str, s3_endpoint_url: str | None = None) -> str:
-    """A local folder holding `checkpoint` (an `s3://` one is downloaded first)."""
+    """A local folder holding `checkpoint` (an `s3://` one through the node's checkpoint
+    cache, :func:`pipelines.checkpoints.fetch_checkpoint`)."""
     if not checkpoint.startswith("s3://"):
         return checkpoint
-    import tempfile
+    from pipelines.checkpoints import fetch_checkpoint
 
-    from pipelines.sources import download_folder
-
-    dest = tempfile.mkdtemp(prefix="adaclip-checkpoint-")
-    return str(download_folder(checkpoint, dest, s3_endpoint_url=s3_endpoint_url))
+    return str(fetch_checkpoint(checkpoint, s3_endpoint_url))
 
 
 def normalize_query(text: str) -> str:
