@@ -147,16 +147,29 @@ def load_clip_weights(model: nn.Module, weights_file: str | Path) -> None:
         raise ClipWeightsError(f"CLIP weights file not found: {path}")
     try:
         if is_torchscript_archive(path):
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
-                state.pop(key, None)
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(_torchscript_state_dict(model, path), strict=True)
         else:
             load_checkpoint(model, str(path), strict=True)  # type: ignore[arg-type]
     except (RuntimeError, KeyError, ValueError) as err:
         raise ClipWeightsError(
             f"CLIP weights in {path} do not fit this architecture: {err}"
         ) from err
+
+
+def _torchscript_state_dict(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a TorchScript archive, without the entries that are not weights.
+
+    OpenAI's archives carry ``input_resolution``, ``context_length`` and ``vocab_size`` as
+    tensors, and a scripted module lists non-persistent buffers (``attn_mask``).
+    """
+    state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    persistent = set(model.state_dict())
+    for name, _ in model.named_buffers():
+        if name not in persistent:
+            state.pop(name, None)
+    return state
 
 
 def create_clip(clip: ClipConfig) -> tuple[nn.Module, dict[str, Any]]:

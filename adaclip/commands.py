@@ -17,8 +17,13 @@ def build_init_config(
     frame_agg: str = "mlp",
     policy_weights: str | None = None,
     zero_shot: bool = False,
+    quick_gelu: bool | None = None,
 ) -> AdaClipConfig:
-    """The configuration ``init-checkpoint`` writes (``tiny`` or an open_clip architecture)."""
+    """The configuration ``init-checkpoint`` writes (``tiny`` or an open_clip architecture).
+
+    ``quick_gelu`` None lets the weights decide the activation (see
+    ``adaclip.clip_backbone.resolve_quick_gelu``).
+    """
     overrides: dict[str, object] = {"frame_agg": frame_agg, "zero_shot": zero_shot}
     if num_candidates is not None:
         overrides["num_candidates"] = num_candidates
@@ -27,10 +32,13 @@ def build_init_config(
     if arch == "tiny":
         cfg = tiny_config(**overrides)
         cfg.clip.weights_file = clip_weights
+        cfg.clip.quick_gelu = quick_gelu
         cfg.policy.backbone_weights = policy_weights
         return cfg
     return AdaClipConfig(
-        clip=ClipConfig(arch=arch, pretrained=pretrained, weights_file=clip_weights),
+        clip=ClipConfig(
+            arch=arch, pretrained=pretrained, weights_file=clip_weights, quick_gelu=quick_gelu
+        ),
         policy=PolicyConfig(backbone_weights=policy_weights),
         **overrides,  # type: ignore[arg-type]
     )
@@ -53,6 +61,13 @@ def init_checkpoint_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, help="K frames kept per video")
     parser.add_argument("--frame-agg", choices=FRAME_AGGS, default="mlp")
     parser.add_argument(
+        "--quick-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="QuickGELU activation, as OpenAI's weights need (default: follow the weights: "
+        "the tag's open_clip config, a -quickgelu arch, an OpenAI TorchScript file)",
+    )
+    parser.add_argument(
         "--zero-shot", action="store_true", help="no policy: uniform K frames, mean pooling"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init")
@@ -73,6 +88,7 @@ def init_checkpoint_main(argv: Sequence[str] | None = None) -> int:
         frame_agg=args.frame_agg,
         policy_weights=args.policy_weights,
         zero_shot=args.zero_shot,
+        quick_gelu=args.quick_gelu,
     )
     model = AdaCLIP(config)
     model_id = save_checkpoint(model, args.out, kind="init", seed=args.seed)

@@ -42,6 +42,7 @@ class VideoEncoding:
     frames: Tensor  # (B, K, D) raw CLIP embeddings of the kept frames, time order
     indices: Tensor  # (B, K) kept candidate indices, ascending (time order)
     weights: Tensor  # (B, K) aggregation weights
+    logits: Tensor | None = None  # (B, N) policy logits; None without a policy
 
 
 @dataclass
@@ -181,12 +182,12 @@ class AdaCLIP(nn.Module):
             VideoEncoding with the video vector, K frame vectors, indices and weights.
         """
         b = frames.shape[0]
-        idx, _ = self.select_indices(frames)  # (B, K)
+        idx, logits = self.select_indices(frames)  # (B, K), (B, N)
         rows = torch.arange(b, device=idx.device).unsqueeze(1)
         kept = frames.to(self.device)[rows, idx]  # (B, K, H, W, 3)
         feats = self.encode_images(kept.flatten(0, 1)).view(b, idx.shape[1], -1)  # (B, K, D)
         video, weights = self.aggregate(feats)
-        return VideoEncoding(video=video, frames=feats, indices=idx, weights=weights)
+        return VideoEncoding(video=video, frames=feats, indices=idx, weights=weights, logits=logits)
 
     # --------------------------------------------------------------- training
     def forward(

@@ -43,9 +43,20 @@ def _tokenizer(context_length: int) -> object:
     return _TOKENIZERS[context_length]
 
 
-def token_lengths(tokens: Tensor) -> Tensor:
-    """Length of each caption including the end token (B,). Padding id is 0."""
-    return (tokens != 0).sum(dim=-1)
+EOT_TOKEN_ID = 49407  # open_clip's BPE end-of-text id (the largest id of its vocabulary)
+
+
+def token_lengths(tokens: Tensor, eot_token_id: int = EOT_TOKEN_ID) -> Tensor:
+    """Length of each caption up to and including its end-of-text token (B,).
+
+    The position of the first end-of-text token decides, not a count of non-zero ids: id 0
+    is a real BPE token ("!"), so counting non-zero ids would cut captions that contain it
+    before their end token. A row without an end token keeps its full length.
+    """
+    is_eot = tokens == eot_token_id  # (B, L)
+    first = is_eot.int().argmax(dim=-1) + 1  # (B,)
+    full = torch.full_like(first, tokens.shape[-1])
+    return torch.where(is_eot.any(dim=-1), first, full)
 
 
 def encode_text_trimmed(clip_model: nn.Module, tokens: Tensor) -> Tensor:
@@ -57,8 +68,11 @@ def encode_text_trimmed(clip_model: nn.Module, tokens: Tensor) -> Tensor:
     from open_clip.transformer import text_global_pool
 
     clip: Any = clip_model  # open_clip CLIP; its attributes are untyped
-    length = max(int(token_lengths(tokens).max().item()), 1)
-    tokens = tokens[:, :length]  # (B, L)
+    if clip.text_pool_type in ("argmax", "eos"):  # pooled at the end token: trim after it
+        eot = getattr(clip, "text_eos_id", None) or EOT_TOKEN_ID
+        length = max(int(token_lengths(tokens, eot).max().item()), 1)
+        tokens = tokens[:, :length]  # (B, L)
+    length = tokens.shape[1]
     cast_dtype = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(tokens).to(cast_dtype)  # (B, L, W)
     x = x + clip.positional_embedding[:length].to(cast_dtype)
@@ -115,7 +129,8 @@ def encode_text_grouped(
     """
     if tokens.shape[0] == 0:
         raise ValueError("no captions to encode")
-    batches = length_grouped_batches(token_lengths(tokens).cpu(), max_tokens, max_batch)
+    eot = getattr(clip_model, "text_eos_id", None) or EOT_TOKEN_ID
+    batches = length_grouped_batches(token_lengths(tokens, eot).cpu(), max_tokens, max_batch)
     out: Tensor | None = None
     for idx in batches:
         idx = idx.to(tokens.device)

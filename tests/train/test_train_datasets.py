@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from adaclip.config import AdaClipConfig
 from train.datasets import (
     AnnotationError,
     load_split,
@@ -117,9 +118,11 @@ def test_settings_config_file_env_and_flags(
     cfg.write_text(json.dumps({"_comment": "x", "top-k": 5, "num_candidates": 10, "batch_size": 7}))
     monkeypatch.setenv("ADACLIP_NUM_CANDIDATES", "12")
     s = parse_with_config(
-        TrainSettings, ["--config", str(cfg), "--batch-size", "9", "--no-policy"], "t"
+        TrainSettings,
+        ["--config", str(cfg), "--batch-size", "9", "--frame-selection", "uniform"],
+        "t",
     )
-    assert (s.top_k, s.num_candidates, s.batch_size, s.policy) == (5, 12, 9, False)
+    assert (s.top_k, s.num_candidates, s.batch_size, s.frame_selection) == (5, 12, 9, "uniform")
     synthetic = parse_with_config(
         TrainSettings, ["--config", str(CONFIGS_DIR / "synthetic.json"), "--videos-root", "d"], "t"
     )
@@ -142,6 +145,27 @@ def test_paper_configs(name: str, n: int, k: int, text: int, batch: int) -> None
         batch,
     )
     assert s.val_split != s.test_split  # model selection never on the test split
+
+
+@pytest.mark.parametrize("name", ["msrvtt", "didemo", "activitynet"])
+def test_paper_comparison_configs(name: str) -> None:
+    """Each dataset ships AdaCLIP, the paper's baseline (all N, mean) and uniform K + MLP."""
+    from adaclip.clip_backbone import resolve_model_cfg
+    from train.run import build_model_config
+
+    def model_config(variant: str) -> AdaClipConfig:
+        path = CONFIGS_DIR / f"{variant}.json"
+        return build_model_config(parse_with_config(TrainSettings, ["--config", str(path)], "t"))
+
+    ada, base, uni = (model_config(f"{name}{v}") for v in ("", "_baseline", "_uniform"))
+    n, k = ada.num_candidates, ada.top_k
+    assert (ada.frame_selection, ada.aggregation, ada.top_k) == ("policy", "mlp", k)
+    assert (base.frame_selection, base.aggregation, base.top_k) == ("all", "mean", n)
+    assert (uni.frame_selection, uni.aggregation, uni.top_k) == ("uniform", "mlp", k)
+    assert not base.uses_policy and not uni.uses_policy
+    for cfg in (ada, base, uni):  # OpenAI weights: QuickGELU, decided by the tag's config
+        assert (cfg.clip.arch, cfg.clip.pretrained) == ("ViT-B-32", "openai")
+        assert resolve_model_cfg(cfg.clip)["quick_gelu"] is True
 
 
 def test_num_workers_and_schedule() -> None:
