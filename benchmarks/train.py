@@ -105,7 +105,118 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"summaries": summaries, "train_videos": train_videos}
 
 
+# ------------------------------------------------ no-grad CLIP on unselected frames
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def step_variant(variant: str, arch: str, n: int, k: int, batch: int, steps: int) -> dict:
+    """One training step variant in this (fresh) process: median step time, peak memory.
+
+    ``variant`` is ``all`` (today's forward: CLIP on all N candidates in the graph) or
+    ``selected`` (CLIP's graph on the K picked frames only). A step is forward, the
+    global-batch loss, backward, clipping and the AdamW update of the real loop. Peak
+    memory is the process's peak resident set (VmHWM, reset at the start of each step
+    through /proc/self/clear_refs): weights, gradients, optimiser state and activations,
+    what ``torch.cuda.max_memory_allocated`` would count on a GPU.
+    """
+    import torch
+
+    from adaclip.commands import build_init_config
+    from adaclip.model import AdaCLIP
+    from train.loop import LoopConfig, build_optimizer, contrastive_loss
+
+    torch.manual_seed(0)
+    config = build_init_config(arch, num_candidates=n, top_k=k, frame_agg="mlp")
+    model = AdaCLIP(config).train()
+    cfg = LoopConfig(model_config={}, num_epochs=1, global_batch_size=batch, num_train_videos=1)
+    optimizer = build_optimizer(model, cfg)
+    size = model.image_size
+    frames = torch.randint(0, 256, (batch, n, size, size, 3), dtype=torch.uint8)
+    tokens = model.tokenize([f"a video of thing number {i}" for i in range(batch)])
+    times, peaks, grown = [], [], []
+    for step in range(steps + 1):  # step 0 allocates the optimiser state: not timed
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_mb("VmRSS")
+        start = time.perf_counter()
+        out = model(frames, tokens, tau=1.0, grad_all_frames=variant == "all")
+        loss = contrastive_loss(model, out)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step > 0:
+            times.append(time.perf_counter() - start)
+            peaks.append(_rss_mb("VmHWM"))
+            grown.append(peaks[-1] - before)
+    return {
+        "variant": variant,
+        "step_s": statistics.median(times),
+        "peak_mb": max(peaks),
+        "step_growth_mb": max(grown),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_step_benchmark(args: argparse.Namespace) -> dict[str, dict]:
+    """Both forwards, each in its own fresh process (peak memory is per process)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = {}
+    for variant in ("all", "selected"):
+        with ctx.Pool(1) as pool:
+            out[variant] = pool.apply(
+                step_variant,
+                (variant, args.step_arch, args.step_n, args.step_k, args.step_batch, args.steps),
+            )
+    return out
+
+
+def step_report(steps: dict[str, dict], args: argparse.Namespace) -> tuple[list[str], str]:
+    old, new = steps["all"], steps["selected"]
+    time_ratio = new["step_s"] / old["step_s"]
+    mem_ratio = new["peak_mb"] / old["peak_mb"]
+    lines = [
+        "",
+        f"Training step, {args.step_arch}, N={args.step_n}, K={args.step_k}, batch "
+        f"{args.step_batch}, policy + MLP-Score, AdamW; median of {args.steps} steps after "
+        f"one untimed step, each forward in its own process ({old['threads']} torch threads):",
+        "",
+        "| CLIP forward | step time | peak memory (process) | growth during a step |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for s, label in ((old, "all N frames in the graph (before)"), (new, "K picked in graph")):
+        lines.append(
+            f"| {label} | {s['step_s']:.2f} s | {s['peak_mb']:.0f} MB | "
+            f"{s['step_growth_mb']:.0f} MB |"
+        )
+    lines += [
+        "",
+        f"step time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x "
+        f"(growth during a step {new['step_growth_mb'] / old['step_growth_mb']:.2f}x)",
+    ]
+    figures = (
+        f"train_step_time_ratio_n32k16: {time_ratio:.2f} "
+        f"train_peak_mem_ratio_n32k16: {mem_ratio:.2f}"
+    )
+    return lines, figures
+
+
 def report(out: dict[str, Any], args: argparse.Namespace) -> str:
+    lines, figures = scaling_report(out, args) if "summaries" in out else ([], [])
+    if "steps" in out:
+        step_lines, step_figures = step_report(out["steps"], args)
+        lines += step_lines
+        figures.append(step_figures)
+    lines += ["", " ".join(figures)]
+    return "\n".join(lines)
+
+
+def scaling_report(out: dict[str, Any], args: argparse.Namespace) -> tuple[list[str], list[str]]:
     s1, s2 = out["summaries"][1], out["summaries"][2]
     ratio = s2["sps"] / s1["sps"]
     lines = [
@@ -136,10 +247,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> str:
             for s in (s1, s2)
         )
         + ".",
-        "",
-        f"train_scaling_2w_vs_1w: {ratio:.2f}",
     ]
-    return "\n".join(lines)
+    return lines, [f"train_scaling_2w_vs_1w: {ratio:.2f}"]
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -148,11 +257,20 @@ def main(argv: Sequence[str] | None = None) -> str:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="GLOBAL batch size")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--step-arch", default="ViT-B-32", help="CLIP of the step benchmark")
+    ap.add_argument("--step-n", type=int, default=32, help="N of the step benchmark")
+    ap.add_argument("--step-k", type=int, default=16, help="K of the step benchmark")
+    ap.add_argument("--step-batch", type=int, default=2, help="videos per step (one process)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per forward (0: skip)")
+    ap.add_argument("--skip-scaling", action="store_true", help="only the step benchmark")
     args = ap.parse_args(argv)
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 0 is compared with the later ones)")
     logging.basicConfig(level=logging.WARNING)
-    text = report(run(args), args)
+    out = {} if args.skip_scaling else run(args)
+    if args.steps > 0:
+        out["steps"] = run_step_benchmark(args)
+    text = report(out, args)
     print(text)
     return text
 

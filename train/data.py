@@ -196,7 +196,43 @@ def batch_frames(batch: dict[str, Any]) -> torch.Tensor:
     """The ``frames`` column as a uint8 tensor (B, N, S, S, 3), copied only if read-only."""
     import torch
 
+    if isinstance(batch["frames"], torch.Tensor):
+        return batch["frames"]
     return torch.from_numpy(np.require(batch["frames"], dtype=np.uint8, requirements="W"))
+
+
+def collate_training_batch(batch: dict[str, Any], pin_memory: bool) -> dict[str, Any]:
+    """A decoded batch with ``frames`` as a torch uint8 tensor (pinned for a fast copy to
+    the GPU when asked); ``video_id`` and ``captions`` stay numpy object arrays."""
+    frames = batch_frames(batch)  # (B, N, S, S, 3)
+    if pin_memory:
+        frames = frames.pin_memory()
+    return {"frames": frames, "video_id": batch["video_id"], "captions": batch["captions"]}
+
+
+def torch_batches(
+    shard: Any, batch_size: int, *, pin_memory: bool, prefetch: int, shuffle_seed: int
+) -> Any:
+    """A Ray Train dataset shard as training batches: torch frames, prefetched.
+
+    Ray Data formats ``prefetch`` batches ahead in background threads (the local shuffle,
+    the tensor conversion and the pinning included), so the training step finds the next
+    batch ready; a partial last batch is dropped.
+    """
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+            return collate_training_batch(batch, pin_memory)
+
+    return shard.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=Collate(),
+        prefetch_batches=prefetch,
+        drop_last=True,
+        local_shuffle_buffer_size=max(2 * batch_size, 64),
+        local_shuffle_seed=shuffle_seed,
+    )
 
 
 def batch_captions(batch: dict[str, Any]) -> list[list[str]]:

@@ -36,9 +36,63 @@ class Embeddings:
     frames: Tensor  # (V, K, D) kept frame embeddings
     texts: Tensor  # (Q, D) unit text embeddings
     query_to_video: np.ndarray  # (Q,) video index of each query
+    kept: Tensor  # (V, K) kept candidate indices
+    entropy: Tensor | None  # (V,) policy selection entropy (nats); None without a policy
 
 
 @torch.no_grad()
+def embed_batch(model: AdaCLIP, batch: dict[str, Any]) -> Embeddings:
+    """Encode one batch's videos (K kept frames only) and every caption of them."""
+    enc = model.encode_video(batch_frames(batch))
+    video_ids = [str(v) for v in batch["video_id"]]
+    queries: list[str] = []
+    q2v: list[int] = []
+    for i, captions in enumerate(batch_captions(batch)):
+        queries += captions
+        q2v += [i] * len(captions)
+    entropy = None
+    if enc.logits is not None:
+        logp = torch.log_softmax(enc.logits.float(), dim=-1)  # (V_b, N)
+        entropy = -(logp.exp() * logp).sum(-1).cpu()
+    return Embeddings(
+        video_ids=video_ids,
+        videos=enc.video.float().cpu(),
+        frames=enc.frames.float().cpu(),
+        texts=model.encode_text(queries).float().cpu(),
+        query_to_video=np.asarray(q2v, dtype=np.int64),
+        kept=enc.indices.cpu(),
+        entropy=entropy,
+    )
+
+
+def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
+    """Concatenate batches (from any number of ranks) in one canonical order: by video id,
+    then caption order, so the result does not depend on how the split was sharded."""
+    parts = [p for p in parts if p.video_ids]
+    if not parts:
+        raise ValueError("nothing to evaluate: the split is empty")
+    offsets = np.cumsum([0] + [len(p.video_ids) for p in parts])
+    video_ids = [v for p in parts for v in p.video_ids]
+    order = sorted(range(len(video_ids)), key=lambda i: video_ids[i])
+    new_index = np.empty(len(order), dtype=np.int64)
+    new_index[order] = np.arange(len(order))
+    q2v = np.concatenate(
+        [new_index[p.query_to_video + off] for p, off in zip(parts, offsets[:-1], strict=True)]
+    )
+    q_order = np.argsort(q2v, kind="stable")  # queries grouped by video, caption order kept
+    perm = torch.as_tensor(order)
+    entropies = [p.entropy for p in parts if p.entropy is not None]
+    return Embeddings(
+        video_ids=[video_ids[i] for i in order],
+        videos=torch.cat([p.videos for p in parts])[perm],
+        frames=torch.cat([p.frames for p in parts])[perm],
+        texts=torch.cat([p.texts for p in parts])[torch.as_tensor(q_order)],
+        query_to_video=q2v[q_order],
+        kept=torch.cat([p.kept for p in parts])[perm],
+        entropy=torch.cat(entropies)[perm] if len(entropies) == len(parts) else None,
+    )
+
+
 def embed_batches(model: AdaCLIP, batches: Iterable[dict[str, Any]]) -> Embeddings:
     """Encode every video (K kept frames only) and every caption of a split.
 
@@ -48,40 +102,52 @@ def embed_batches(model: AdaCLIP, batches: Iterable[dict[str, Any]]) -> Embeddin
             ``captions`` (V_b,) JSON lists.
     """
     model.eval()
-    video_ids: list[str] = []
-    videos, frames, queries, q2v = [], [], [], []
-    for batch in batches:
-        enc = model.encode_video(batch_frames(batch))
-        videos.append(enc.video.float().cpu())  # (V_b, D)
-        frames.append(enc.frames.float().cpu())  # (V_b, K, D)
-        for video_id, captions in zip(batch["video_id"], batch_captions(batch), strict=True):
-            queries += captions
-            q2v += [len(video_ids)] * len(captions)
-            video_ids.append(str(video_id))
-    if not video_ids:
-        raise ValueError("nothing to evaluate: the split is empty")
-    texts = model.encode_text(queries).float().cpu()  # (Q, D)
-    return Embeddings(
-        video_ids=video_ids,
-        videos=torch.cat(videos),
-        frames=torch.cat(frames),
-        texts=texts,
-        query_to_video=np.asarray(q2v, dtype=np.int64),
-    )
+    return merge_embeddings([embed_batch(model, batch) for batch in batches])
 
 
 @torch.no_grad()
-def score(model: AdaCLIP, emb: Embeddings) -> dict[str, float]:
-    """R@1/5/10/50, MdR, MnR text-to-video and video-to-text (``t2v_*``, ``v2t_*``)."""
+def score(model: AdaCLIP, emb: Embeddings) -> dict[str, Any]:
+    """R@1/5/10/50, MdR, MnR text-to-video and video-to-text (``t2v_*``, ``v2t_*``), and
+    what the policy chose (``kept_position_histogram``, ``selection_entropy``)."""
     sim = model.similarity(emb.texts, emb.videos, emb.frames)  # (Q, V)
-    return t2v_v2t_metrics(sim.float(), emb.query_to_video)
+    metrics: dict[str, Any] = dict(t2v_v2t_metrics(sim.float(), emb.query_to_video))
+    hist = torch.bincount(emb.kept.flatten(), minlength=model.config.num_candidates)
+    metrics["kept_position_histogram"] = [int(c) for c in hist.tolist()]
+    metrics["selection_entropy"] = None if emb.entropy is None else float(emb.entropy.mean())
+    return metrics
 
 
 def evaluate_batches(model: AdaCLIP, batches: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Embed a split and score it; returns the metrics plus ``num_videos``/``num_queries``."""
     start = time.perf_counter()
     emb = embed_batches(model, batches)
-    metrics: dict[str, Any] = dict(score(model, emb))
+    return _finish(model, emb, start)
+
+
+def evaluate_sharded(
+    model: AdaCLIP, batches: Iterable[dict[str, Any]], rank: int, world: int
+) -> dict[str, Any] | None:
+    """Distributed evaluation: every rank embeds its shard, rank 0 scores the whole split.
+
+    Collective (every rank calls it). The embeddings (small next to the frames) are
+    gathered to rank 0 and merged in the canonical order of :func:`merge_embeddings`, so
+    the metrics equal :func:`evaluate_batches` on the whole split. Returns them on rank 0,
+    None elsewhere.
+    """
+    start = time.perf_counter()
+    model.eval()
+    parts = [embed_batch(model, batch) for batch in batches]
+    if world > 1:
+        gathered: list[Any] = [None] * world if rank == 0 else []
+        torch.distributed.gather_object(parts, gathered if rank == 0 else None, dst=0)
+        if rank != 0:
+            return None
+        parts = [p for shard in gathered for p in shard]
+    return _finish(model, merge_embeddings(parts), start)
+
+
+def _finish(model: AdaCLIP, emb: Embeddings, start: float) -> dict[str, Any]:
+    metrics = score(model, emb)
     metrics["num_videos"] = len(emb.video_ids)
     metrics["num_queries"] = int(emb.query_to_video.shape[0])
     metrics["eval_seconds"] = time.perf_counter() - start

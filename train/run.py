@@ -56,16 +56,18 @@ def build_model_config(settings: TrainSettings) -> AdaClipConfig:
         return read_checkpoint_config(settings.init_checkpoint)[0]
     weights = settings.clip_weights
     is_file = weights is not None and Path(weights).is_file()
+    all_frames = settings.frame_selection == "all"
     config = build_init_config(
         settings.arch,
         clip_weights=weights if is_file else None,
         pretrained=None if is_file else weights,
         num_candidates=settings.num_candidates,
-        top_k=settings.top_k,
+        top_k=settings.num_candidates if all_frames else settings.top_k,
         frame_agg=settings.frame_agg,
         policy_weights=settings.policy_weights,
+        quick_gelu=settings.quick_gelu,
     )
-    config.policy.enabled = settings.policy
+    config.policy.enabled = settings.frame_selection == "policy"
     config.policy.freeze_backbone = settings.freeze_cnn
     if settings.policy_resolution is not None:
         config.policy.resolution = settings.policy_resolution
@@ -97,7 +99,7 @@ def run_config(settings: TrainSettings) -> Any:
         storage_path=_storage_uri(settings.storage_path),
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(
-            num_to_keep=settings.keep_checkpoints,
+            num_to_keep=settings.keep_checkpoints or None,
             checkpoint_score_attribute=f"val_{PRIMARY_METRIC}",
             checkpoint_score_order="max",
         ),
@@ -106,6 +108,63 @@ def run_config(settings: TrainSettings) -> Any:
 
 def _storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+RUN_CONFIG_FILE = "adaclip_run.json"  # the experiment a run folder holds (resume check)
+# LoopConfig fields that may change when a run is resumed: more epochs, another cluster.
+RESUMABLE_FIELDS = frozenset(
+    {"num_epochs", "num_train_videos", "eval_batch_size", "amp", "fail_at_epoch", "fail_marker"}
+)
+
+
+def experiment_config(loop: LoopConfig, settings: TrainSettings) -> dict[str, Any]:
+    """What defines the experiment of a run: resuming it with anything else is refused."""
+    fields = {k: v for k, v in loop.to_dict().items() if k not in RESUMABLE_FIELDS}
+    data = {k: getattr(settings, k) for k in ("dataset", "train_split", "val_split")}
+    return json.loads(json.dumps({**fields, **data, "frame_size": settings.frame_size}))
+
+
+def check_resume_config(settings: TrainSettings, config: dict[str, Any]) -> None:
+    """Record the experiment in a new run folder; refuse to resume one with another config.
+
+    Raises:
+        ValueError: the run folder holds a run whose experiment config differs.
+    """
+    if "://" in settings.storage_path:
+        logger.warning("remote --storage-path: the resume config check is skipped")
+        return
+    run_dir = Path(_storage_uri(settings.storage_path)) / settings.run_name
+    path = run_dir / RUN_CONFIG_FILE
+    if _has_snapshot(settings) and path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in saved.keys() | config.keys() if saved.get(k) != config.get(k))
+        if changed:
+            raise ValueError(
+                f"run {settings.run_name!r} under {settings.storage_path} was started with "
+                f"another configuration (changed: {', '.join(changed)}); resuming would mix "
+                "two experiments: pass another --name, or --no-resume with a new folder"
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def describe_batch_plans(settings: TrainSettings, num_train_videos: int) -> list[str]:
+    """The batch rule at every world size the run may take (elastic: MIN..MAX)."""
+    from train.loop import batch_plan
+
+    workers = settings.workers
+    low, high = workers if isinstance(workers, tuple) else (workers, workers)
+    lines = []
+    for world in range(low, high + 1):
+        try:
+            plan = batch_plan(
+                settings.batch_size, world, num_train_videos, settings.max_worker_batch
+            )
+            lines.append(plan.describe())
+        except ValueError as err:
+            lines.append(f"world size {world}: {err}")
+    return lines
 
 
 def _has_snapshot(settings: TrainSettings) -> bool:
@@ -120,8 +179,9 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
     """Decode the data, train with Ray Train, export the best checkpoint, write reports."""
     import ray
     import ray.data
-    from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from train.ingest import ShardedEvalDataConfig
 
     if settings.videos_root is None:
         raise ValueError("--videos-root is required")
@@ -165,10 +225,14 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
         seed=settings.seed,
         amp=settings.amp,
         eval_batch_size=settings.eval_batch_size,
+        max_worker_batch=settings.max_worker_batch,
         init_checkpoint=settings.init_checkpoint,
         fail_at_epoch=settings.inject_failure_at_epoch,
         fail_marker=str((out / "injected_failure.marker").resolve()),
     )
+    check_resume_config(settings, experiment_config(loop, settings))
+    for line in describe_batch_plans(settings, loop.num_train_videos):
+        print(f"[adaclip train] batch plan: {line}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_dict(),
@@ -179,7 +243,7 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
             "train": splits["train"].dataset.randomize_block_order(seed=None),
             "val": splits["val"].dataset,
         },
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=ShardedEvalDataConfig(train_names=["train"], eval_names=["val"]),
     )
     start = time.perf_counter()
     progress = EpochProgress(
@@ -219,6 +283,8 @@ def finish_run(
             epoch=record["epoch"],
             run=settings.run_name,
             loss=record["loss"],
+            train_kept_position_histogram=record.get("train_kept_position_histogram"),
+            train_selection_entropy=record.get("train_selection_entropy"),
         )
     best_epoch = int(best_metrics["epoch"])
     best_val = next(r["val"] for r in history if r["epoch"] == best_epoch)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, CliPositionalArg, PydanticBaseSettingsSource
 
@@ -117,6 +117,11 @@ class TrainSettings(DataSettings):
     clip_weights: str | None = Field(
         None, description="CLIP weights: a local file or an open_clip pretrained tag"
     )
+    quick_gelu: bool | None = Field(
+        None,
+        description="QuickGELU activation (OpenAI's weights); default: follow the weights "
+        "(the tag's open_clip config, a -quickgelu arch, an OpenAI TorchScript file)",
+    )
     policy_weights: str | None = Field(None, description="MobileNetV3-Large state dict file")
     init_checkpoint: str | None = Field(
         None, description="start from the weights (and config) of this checkpoint folder"
@@ -126,8 +131,11 @@ class TrainSettings(DataSettings):
     frame_agg: Literal["mean", "mlp", "transformer", "qscore"] = Field(
         "mlp", description="frame aggregation"
     )
-    policy: bool = Field(
-        True, description="learned frame selection; --no-policy: uniform K frames (baseline)"
+    frame_selection: Literal["policy", "uniform", "all"] = Field(
+        "policy",
+        description="how frames are kept: policy (AdaCLIP: K of N by the learned policy), "
+        "uniform (K of N evenly spaced), all (all N frames, --top-k ignored; with "
+        "--frame-agg mean: the paper's baseline)",
     )
     freeze_cnn: bool = Field(True, description="freeze the policy's MobileNetV3 backbone")
     policy_resolution: int | None = Field(None, description="policy input size (default 224)")
@@ -154,7 +162,17 @@ class TrainSettings(DataSettings):
         True, description="continue the run found under --storage-path/--name (else refuse)"
     )
     max_failures: int = Field(3, description="worker-group restarts before the run fails")
-    keep_checkpoints: int | None = Field(None, description="checkpoints to keep (default all)")
+    keep_checkpoints: int | None = Field(
+        3,
+        description="checkpoints kept: the best by validation R@1 (plus the latest, for "
+        "resuming); 0 or none keeps all",
+    )
+    max_worker_batch: int | None = Field(
+        None,
+        description="bound on videos per worker and step; when the world size shrinks "
+        "below batch-size/bound, the global batch shrinks and the learning rates scale by "
+        "sqrt(global/batch-size)",
+    )
     # evaluation
     do_inference: bool = Field(
         False, description="evaluate --checkpoint (default: this run's best) on --eval-split"
@@ -184,10 +202,32 @@ class TrainSettings(DataSettings):
 class EvalSettings(DataSettings):
     """``adaclip eval CHECKPOINT``: retrieval metrics of a checkpoint on one split."""
 
-    checkpoint: CliPositionalArg[str] = Field(description="checkpoint folder (local or s3://)")
+    checkpoint: CliPositionalArg[str | None] = Field(
+        None, description="checkpoint folder (local or s3://); none: --zero-shot"
+    )
     split: str | None = Field(None, description="split to evaluate (default: --test-split)")
     eval_batch_size: int = Field(32, description="videos per evaluation batch")
     output: str = Field("./.adaclip/jobs/eval", description="folder for the JSON report")
+    zero_shot: bool = Field(
+        False,
+        description="evaluate plain CLIP (--arch, --clip-weights) instead of a checkpoint: "
+        "--num-candidates frames evenly spaced, mean pooling (the published zero-shot setting)",
+    )
+    arch: str = Field("ViT-B-32", description="CLIP architecture (with --zero-shot)")
+    clip_weights: str | None = Field(
+        None, description="CLIP weights, a local file or an open_clip tag (with --zero-shot)"
+    )
+    quick_gelu: bool | None = Field(
+        None, description="QuickGELU activation (with --zero-shot; default: follow the weights)"
+    )
+    num_candidates: int = Field(12, description="frames per video (with --zero-shot)")
+    max_text_len: int = Field(32, description="caption tokens (with --zero-shot)")
+
+    @model_validator(mode="after")
+    def _checkpoint_or_zero_shot(self) -> EvalSettings:
+        if (self.checkpoint is None) == (not self.zero_shot):
+            raise ValueError("give a CHECKPOINT folder or --zero-shot (not both)")
+        return self
 
 
 def parse_num_workers(value: str | int) -> int | tuple[int, int]:
