@@ -77,6 +77,10 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     Returns:
         ``{"R1", "R5", "R10", "R50"}`` = 100 * mean(rank < k); ``"MdR"`` = median(rank) + 1;
         ``"MnR"`` = mean(rank) + 1. All values are Python floats.
+
+    MdR follows the published tables' code (CLIP4Clip's ``compute_metrics``, reused by
+    X-Pool and the AdaCLIP code): ``np.median`` of the 1-based ranks, so with an even
+    number of queries it is the mean of the two middle ranks and can end in .5.
     """
     r = np.asarray(ranks, dtype=np.float64)
     out = {f"R{k}": float(100.0 * np.mean(r < k)) for k in RECALL_AT}

@@ -87,7 +87,7 @@ def test_quick_gelu_weights_file_end_to_end(quick_gelu_weights: Path, tmp_path: 
 
     settings = parse_with_config(  # a fresh training run from the weights file
         TrainSettings,
-        ["--arch", "tiny", "--clip-weights", str(quick_gelu_weights), "--quick-gelu", "true"],
+        ["--arch", "tiny", "--clip-weights", str(quick_gelu_weights), "--quick-gelu"],
         "t",
     )
     fresh_cfg = build_model_config(settings)
@@ -290,3 +290,10 @@ def test_logit_scale_parameter_is_clamped() -> None:
         model.clip.logit_scale.fill_(9.0)
     model.clamp_logit_scale()
     assert model.logit_scale.item() == pytest.approx(np.log(100.0))
+
+
+def test_median_rank_follows_the_published_convention() -> None:
+    from adaclip.metrics import metrics_from_ranks
+
+    assert metrics_from_ranks(np.array([0, 1, 2, 3]))["MdR"] == 2.5  # even: mean of the middle
+    assert metrics_from_ranks(np.array([0, 0, 5]))["MdR"] == 1.0
