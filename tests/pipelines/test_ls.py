@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,8 +35,9 @@ def test_ls_table_and_count(filled_index: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0].split() == ["URI", "ETAG", "DURATION_S", "MODEL_ID", "INDEXED_AT"]
-    assert [line.split()[0] for line in out[1:-1]] == sorted(URIS)  # sorted by URI
-    assert out[1].split()[1:4] == ["e1", "10.00", MODEL]
+    rows = {line.split()[0]: line.split()[1:4] for line in out[1:-1]}
+    assert sorted(rows) == sorted(URIS)  # in the index's order: streamed, not sorted
+    assert rows["s3://b/x/1.mp4"] == ["e1", "10.00", MODEL]
     assert out[-1] == "3 videos in videos"
 
 
@@ -45,7 +47,7 @@ def test_ls_json_lines(filled_index: Path, capsys: pytest.CaptureFixture[str]) -
     assert adaclip_main(argv) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
-    assert [r["uri"] for r in rows] == ["s3://b/x/1.mp4", "s3://b/x/2.mp4"]
+    assert sorted(r["uri"] for r in rows) == ["s3://b/x/1.mp4", "s3://b/x/2.mp4"]
     assert all(set(r) == set(LISTED_FIELDS) for r in rows)
     assert captured.err.strip() == "2 videos in videos"
 
@@ -72,3 +74,24 @@ def test_ls_missing_collection_is_one_line_error(
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.startswith("adaclip ls:") and "nope" in err and "\n" not in err
+
+
+def test_write_listing_streams_page_by_page() -> None:
+    """Each page is printed before the next one is read: nothing holds the collection."""
+    import io
+
+    from pipelines.ls import write_listing
+
+    out, err = io.StringIO(), io.StringIO()
+    printed_when_read: list[int] = []
+
+    def rows() -> Any:
+        for i in range(25):
+            printed_when_read.append(out.getvalue().count("\n"))
+            yield {"uri": f"s3://b/{i:03d}.mp4", "etag": "e", "duration_s": 1.0}
+
+    assert write_listing(rows(), "videos", False, out, err, page_size=10) == 25
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("URI") and lines[-1] == "25 videos in videos"
+    assert len(lines) == 1 + 25 + 1  # one header for all pages
+    assert printed_when_read[10] == 11 and printed_when_read[20] == 21  # header + a page

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.embed import FailureLog
+from pipelines.report import JobReport
 from pipelines.store import ModelMismatchError, open_store
 from pipelines.store_sink import (
     ProgressReporter,
@@ -71,6 +71,14 @@ def test_progress_line() -> None:
     line = progress_line(indexed=20, total=100, skipped=5, failed=10, elapsed_s=10.0)
     assert line == "2.00 videos/s, indexed 20/100, skipped 5, failed 10, ETA 35s"
     assert progress_line(0, 10, 0, 0, 0.0).endswith("ETA ?")
+    assert "listed 300, indexed" in progress_line(0, 10, 0, 0, 1.0, listed=300)
+
+
+def new_report(ray: Any, tmp_path: Path, to_index: int, skipped: int) -> Any:
+    report: Any = ray.remote(JobReport).options(num_cpus=0).remote(str(tmp_path / "out"), {})
+    ray.get(report.add.remote({"listed": to_index + skipped, "to_index": to_index}))
+    ray.get(report.add.remote({"skipped": skipped}))
+    return report
 
 
 def test_datasink_writes_through_the_one_writer(
@@ -79,8 +87,8 @@ def test_datasink_writes_through_the_one_writer(
     ray = ray_cluster
     target = target_in(tmp_path)
     writer: Any = ray.remote(StoreWriter).options(num_cpus=0).remote(target)
-    failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
-    ray.get(failure_log.record.remote([{"uri": "x", "reason": "not_found"}]))
+    report = new_report(ray, tmp_path, to_index=10, skipped=4)
+    ray.get(report.record.remote([{"uri": "x", "stage": "fetch", "reason": "not_found"}]))
 
     # the writer owns the embedded store: nobody else may open it meanwhile
     assert ray.get(writer.progress.remote()) == []  # constructed: it holds the store
@@ -88,7 +96,14 @@ def test_datasink_writes_through_the_one_writer(
         open_when_free(target.open, wait_s=0)
 
     sink = VideoStoreDatasink(writer, "m1", upsert_batch_size=3)
-    progress = ProgressReporter(writer, failure_log, total=10, skipped=4, log_every_s=0)
+    flushed: list[dict[str, Any]] = []
+    progress = ProgressReporter(
+        writer,
+        report,
+        log_every_s=0,
+        flush=lambda: flushed.append(ray.get(report.flush.remote({}))),
+        flush_every_s=0,
+    )
     progress.start()
     ds = ray.data.from_items(embedding_rows(10), override_num_blocks=4)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
@@ -101,7 +116,9 @@ def test_datasink_writes_through_the_one_writer(
     assert totals and totals[-1] == 10 and totals == sorted(totals)
     steps = np.diff([0, *totals])
     assert steps.max() <= 3 and steps.sum() == 10  # upsert_batch_size caps every upsert
-    assert progress.lines[-1].endswith("indexed 10/10, skipped 4, failed 1, ETA 0s")
+    assert progress.lines[-1].endswith("listed 14, indexed 10/10, skipped 4, failed 1, ETA 0s")
+    assert flushed and flushed[-1]["failed"] == 1  # summary.json was rewritten meanwhile
+    assert (tmp_path / "out" / "summary.json").is_file()
 
     store = open_store(qdrant_path=target.qdrant_path)  # closed by the writer: free again
     store.open_collection("videos")
@@ -127,8 +144,8 @@ def test_reporter_logs_periodically(
 ) -> None:
     ray = ray_cluster
     writer: Any = ray.remote(StoreWriter).options(num_cpus=0).remote(target_in(tmp_path))
-    failure_log: Any = ray.remote(FailureLog).options(num_cpus=0).remote()
-    progress = ProgressReporter(writer, failure_log, 5, 0, log_every_s=0.1, poll_s=0.05)
+    report = new_report(ray, tmp_path, to_index=5, skipped=0)
+    progress = ProgressReporter(writer, report, log_every_s=0.1, poll_s=0.05)
     with caplog.at_level(logging.INFO, logger="adaclip.index"):
         progress.start()
         rows = embedding_rows(5)
@@ -142,3 +159,19 @@ def test_reporter_logs_periodically(
     ray.get(writer.close.remote())
     assert len(progress.lines) >= 2
     assert any("indexed 5/5, skipped 0, failed 0, ETA 0s" in r.message for r in caplog.records)
+
+
+def test_report_appends_failures_as_they_come_and_admits_up_to_the_limit(
+    tmp_path: Path,
+) -> None:
+    report = JobReport(str(tmp_path / "out"), {"source": "s"}, limit=3)
+    failures = tmp_path / "out" / "failures.jsonl"
+    assert failures.read_text() == ""  # this run's file, started empty
+    report.record([{"uri": "a", "stage": "fetch", "reason": "access_denied"}])
+    assert failures.read_text().count("\n") == 1  # on disk before the job ends
+    report.record([{"uri": "b", "stage": "decode", "reason": "NotAMediaFileError"}])
+    assert [report.admit(2), report.admit(2), report.admit(5)] == [2, 1, 0]
+    summary = report.flush({"finished": False})
+    assert summary["failed"] == 2 and summary["source"] == "s"
+    assert summary["failed_by_stage"] == {"fetch": 1, "decode": 1}
+    assert (tmp_path / "out" / "summary.json").read_text().count('"failed": 2') == 1
