@@ -176,7 +176,9 @@ def _readable_help(parser: argparse.ArgumentParser, fields: dict[str, FieldInfo]
         if action.option_strings:
             action.metavar = flag_metavar(action.dest, field)
             if action.metavar is None and action.choices is None and not _is_bool(field):
-                action.metavar = "{" + ",".join(map(str, get_args(field.annotation))) + "}"
+                action.metavar = (
+                    "{" + ",".join(map(str, get_args(_value_type(field.annotation)))) + "}"
+                )
         action.help = flag_help(field, positional=not action.option_strings)
 
 
