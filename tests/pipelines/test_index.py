@@ -66,8 +66,13 @@ def test_index_local_folder_then_rerun_skips(
     finally:
         store.close()
 
+    # the rerun fetches nothing: the good ones are indexed, broken.mp4 failed for good
     again = run_index(index_settings(videos, tmp_path, checkpoint))
-    assert (again.listed, again.skipped, again.indexed, again.failed) == (7, 6, 0, 1)
+    assert (again.listed, again.skipped, again.indexed, again.failed) == (7, 6, 0, 0)
+    assert (again.skipped_failed, again.to_index, again.finished) == (1, 0, True)
+    assert (tmp_path / "job" / "failures.jsonl").read_text() == ""
+    retried = run_index(index_settings(videos, tmp_path, checkpoint, retry_failed=True))
+    assert (retried.skipped, retried.to_index, retried.failed) == (6, 1, 1)
 
 
 def test_index_refuses_another_models_collection(
@@ -156,8 +161,10 @@ def test_cli_entry_point_reads_env_and_flags(
     ])  # fmt: skip
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["collection"] == "from_flag" and summary["listed"] == 2
-    assert (summary["indexed"], summary["failed"]) == (1, 1)  # broken.mp4 sorts first
+    # --limit bounds the new work, not the listing
+    assert summary["collection"] == "from_flag" and summary["listed"] == 7
+    assert (summary["to_index"], summary["deferred"]) == (2, 5)
+    assert summary["indexed"] + summary["failed"] == 2
     assert np.isfinite(summary["videos_per_s"])
 
 
