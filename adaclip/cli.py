@@ -42,6 +42,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("train.inference", "main", "retrieval metrics of a checkpoint on a split"),
     "serve": ("serve.cli", "serve_main", "run the HTTP search API (Ray Serve) over an index"),
     "search": ("serve.cli", "search_main", "query a running search server (or the index, --local)"),
+    "publish": ("serve.rollout", "publish_main", "copy a checkpoint to an immutable <model_id>/"),
+    "alias": ("serve.rollout", "alias_main", "point a collection alias at a per-model collection"),
 }
 
 # The subcommand's parser sees every argument, --help included.

@@ -25,7 +25,7 @@ from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from pipelines.settings import default_collection
-from serve.encoder import InlineEncoder, ModelInfo, TextEncoder
+from serve.encoder import InlineEncoder, ModelInfo, QueryVector, TextEncoder
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class IngressConfig:
     rerank_candidates: int = 100
     checkpoint: str | None = None  # set: encode queries in the ingress (no encoder handle)
     cache_size: int = 1024
+    models_root: str | None = None
+    alias_check_s: float = 2.0
 
     @classmethod
     def from_settings(cls, s: ServeSettings) -> IngressConfig:
@@ -65,7 +67,24 @@ class IngressConfig:
             rerank_candidates=s.rerank_candidates,
             checkpoint=_absolute(s.checkpoint) if encodes_in_ingress(s) else None,
             cache_size=s.cache_size,
+            models_root=s.models_root,
+            alias_check_s=s.alias_check_s,
         )
+
+
+class HandleEncoder:
+    """The `TextEncoder` deployment behind the ingress's `QueryEncoding` interface."""
+
+    def __init__(self, handle: DeploymentHandle, info: ModelInfo) -> None:
+        self.handle = handle
+        self.info = info
+
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+        result: QueryVector = await self.handle.embed.remote(text, model_id)
+        return result
+
+    async def load(self, model_id: str) -> ModelInfo:
+        return ModelInfo(**await self.handle.load.remote(model_id))
 
 
 @serve.deployment(name="SearchIngress", max_ongoing_requests=64)
@@ -90,41 +109,46 @@ class SearchIngress:
 
         self.encoder = encoder
         self.inline: InlineEncoder | None = None
+        queries: InlineEncoder | HandleEncoder
         if encoder is None:
             if not config.checkpoint:
                 raise ValueError("no encoder handle and no checkpoint to encode queries with")
-            self.inline = InlineEncoder(
+            self.inline = queries = InlineEncoder(
                 config.checkpoint,
                 cache_size=config.cache_size,
                 s3_endpoint_url=config.s3_endpoint_url,
+                models_root=config.models_root,
             )
-            info = self.inline.info
         else:
-            info = ModelInfo(**await encoder.info.remote())
+            queries = HandleEncoder(encoder, ModelInfo(**await encoder.info.remote()))
+        info = queries.info
         collection = config.collection or default_collection(info.model_id)
+        metrics = RequestMetrics.create()
 
         def open_configured_store() -> Any:
-            return open_store(
+            return open_store(  # an embedded folder: read through its store actor
                 qdrant_path=config.qdrant_path,
                 qdrant_url=config.qdrant_url,
                 api_key=config.qdrant_api_key,
+                create_owner=True,
             )
 
         self.service = SearchService(
-            embed=self.inline.embed if self.inline is not None else self._embed,
-            info=info,
+            encoder=queries,
             open_store=open_configured_store,
             collection=collection,
             media=MediaResolver(
                 config.media_root, config.s3_endpoint_url, config.presign_expires_s
             ),
             rerank_candidates=config.rerank_candidates,
+            alias_check_s=config.alias_check_s,
+            on_mismatch=lambda: metrics.refused("model_mismatch"),
         )
         self.api_options = ApiOptions(
             api_key=config.api_key,
             cors_origins=config.cors_origins,
             max_body_bytes=config.max_body_bytes,
-            metrics=RequestMetrics.create(),
+            metrics=metrics,
         )
         logger.info(
             "search ingress ready: model %s, collection %s, queries encoded %s",
@@ -132,10 +156,6 @@ class SearchIngress:
             collection,
             f"here ({info.device})" if self.inline is not None else "by TextEncoder",
         )
-
-    async def _embed(self, text: str) -> Any:
-        assert self.encoder is not None
-        return await self.encoder.embed.remote(text)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from serve.api import create_api
@@ -233,6 +253,7 @@ def app_from_settings(s: ServeSettings) -> serve.Application:
             max_batch_size=s.max_batch_size,
             batch_wait_timeout_s=s.batch_wait_timeout_s,
             s3_endpoint_url=s.s3_endpoint_url,
+            models_root=s.models_root,
         )
     )
     return ingress.bind(encoder, config)

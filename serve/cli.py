@@ -192,22 +192,15 @@ def search_local(settings: SearchSettings, body: dict[str, Any]) -> dict[str, An
     """Answer `body` in process: encode with the checkpoint, query the store directly."""
     if not settings.checkpoint:
         raise SearchFailed("--local needs --checkpoint")
-    import numpy as np
-
     from pipelines.store import open_store
-    from serve.encoder import QueryEncoder
+    from serve.encoder import InlineEncoder
     from serve.media import MediaResolver
     from serve.schemas import SearchRequest
     from serve.search import SearchService, UnavailableError
 
-    encoder = QueryEncoder(settings.checkpoint, s3_endpoint_url=settings.s3_endpoint_url)
-
-    async def embed(text: str) -> Any:
-        return np.asarray(encoder.encode([text])[0])
-
+    encoder = InlineEncoder(settings.checkpoint, s3_endpoint_url=settings.s3_endpoint_url)
     service = SearchService(
-        embed=embed,
-        info=encoder.info,
+        encoder=encoder,
         open_store=lambda: open_store(
             qdrant_path=settings.qdrant_path,
             qdrant_url=settings.qdrant_url,
@@ -222,6 +215,7 @@ def search_local(settings: SearchSettings, body: dict[str, Any]) -> dict[str, An
         raise SearchFailed(str(err)) from err
     finally:
         service.close()
+        encoder.close()
     return response.model_dump()
 
 

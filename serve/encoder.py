@@ -39,6 +39,20 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class QueryVector:
+    """A query embedding and the model that made it: an embedding never travels alone, so
+    the ingress can refuse one whose model is not the collection's."""
+
+    model_id: str
+    vector: Vector  # (D,) unit norm
+
+
+def published_checkpoint(models_root: str, model_id: str) -> str:
+    """Where `adaclip publish` put model `model_id` under `models_root`: `<root>/<model_id>`."""
+    return f"{models_root.rstrip('/')}/{model_id}"
+
+
 class QueryCache:
     """Least-recently-used map from query text to its embedding (capacity 0: disabled)."""
 
@@ -117,6 +131,94 @@ def normalize_query(text: str) -> str:
     return " ".join(text.split())
 
 
+class UnknownModelError(LookupError):
+    """No checkpoint of the model a collection was built with can be loaded."""
+
+
+class ModelSet:
+    """The query encoders of a replica, by model_id: the configured checkpoint, and models
+    published under `models_root/<model_id>/` (`adaclip publish`), loaded when a collection
+    alias switches to a collection of theirs. At most `max_models` stay loaded (least
+    recently loaded first out; the configured one too, once replaced).
+
+    Args:
+        checkpoint: checkpoint folder loaded at start, local or `s3://`.
+        models_root: folder or `s3://` prefix of published checkpoints (None: only
+            `checkpoint`).
+        s3_endpoint_url: S3-compatible endpoint for `s3://` checkpoints.
+        max_models: most models held at once.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        models_root: str | None = None,
+        s3_endpoint_url: str | None = None,
+        max_models: int = 2,
+    ) -> None:
+        import threading
+
+        self.models_root = models_root
+        self.s3_endpoint_url = s3_endpoint_url
+        self.max_models = max(max_models, 1)
+        first = QueryEncoder(checkpoint, s3_endpoint_url=s3_endpoint_url)
+        first.encode(["warm up"])
+        self.info = first.info
+        self._encoders: OrderedDict[str, QueryEncoder] = OrderedDict({first.info.model_id: first})
+        self._lock = threading.Lock()
+
+    def get(self, model_id: str | None) -> QueryEncoder:
+        """The loaded encoder of `model_id` (None: the first one loaded).
+
+        Raises:
+            UnknownModelError: it is not loaded.
+        """
+        with self._lock:
+            encoder = self._encoders.get(model_id or self.info.model_id)
+            if encoder is None and model_id is None and self._encoders:
+                encoder = next(reversed(self._encoders.values()))
+        if encoder is None:
+            raise UnknownModelError(f"model {model_id} is not loaded")
+        return encoder
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._encoders)
+
+    def load(self, model_id: str) -> ModelInfo:
+        """Load published model `model_id` (blocking; a no-op when loaded).
+
+        Raises:
+            UnknownModelError: no `models_root`, nothing published under it for this id, or
+                the files there hash to another model_id (a prefix must be immutable).
+        """
+        with self._lock:
+            if model_id in self._encoders:
+                return self._encoders[model_id].info
+        if not self.models_root:
+            raise UnknownModelError(
+                f"model {model_id} is not loaded and no models_root is set to load it from"
+            )
+        where = published_checkpoint(self.models_root, model_id)
+        try:
+            encoder = QueryEncoder(where, s3_endpoint_url=self.s3_endpoint_url)
+        except Exception as err:
+            raise UnknownModelError(
+                f"cannot load model {model_id} from {where}: {type(err).__name__}: {err}"
+            ) from err
+        if encoder.info.model_id != model_id:
+            raise UnknownModelError(
+                f"{where} holds model {encoder.info.model_id}, not {model_id}: published "
+                f"prefixes must never be overwritten"
+            )
+        encoder.encode(["warm up"])
+        with self._lock:
+            self._encoders[model_id] = encoder
+            while len(self._encoders) > self.max_models:
+                self._encoders.popitem(last=False)
+        return encoder.info
+
+
 class InlineEncoder:
     """Cached query encoding in the caller's process: the ingress without an encoder hop.
 
@@ -128,38 +230,52 @@ class InlineEncoder:
         checkpoint: checkpoint folder, local or `s3://`.
         cache_size: query embeddings kept in the LRU cache (0: no cache).
         s3_endpoint_url: S3-compatible endpoint for an `s3://` checkpoint.
+        models_root: where published models are loaded from when a collection needs one.
     """
 
     def __init__(
-        self, checkpoint: str, cache_size: int = 1024, s3_endpoint_url: str | None = None
+        self,
+        checkpoint: str,
+        cache_size: int = 1024,
+        s3_endpoint_url: str | None = None,
+        models_root: str | None = None,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from serve.metrics import EncoderMetrics
 
-        self.encoder = QueryEncoder(checkpoint, s3_endpoint_url=s3_endpoint_url)
-        self.info = self.encoder.info
+        self.models = ModelSet(checkpoint, models_root, s3_endpoint_url)
+        self.info = self.models.info
         self.cache = QueryCache(cache_size)
         self.metrics = EncoderMetrics.create()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-encoder")
-        self.encoder.encode(["warm up"])
 
-    def _encode_one(self, text: str) -> Vector:
+    def _encode_one(self, encoder: QueryEncoder, text: str) -> Vector:
         start = time.perf_counter()
-        vector = self.encoder.encode([text])[0]  # (D,)
+        vector = encoder.encode([text])[0]  # (D,)
         self.metrics.batch(1, time.perf_counter() - start)
         return vector
 
-    async def embed(self, text: str) -> Vector:
-        """Unit embedding (D,) of one query."""
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+        """Unit embedding (D,) of one query by model `model_id` (None: the configured one).
+
+        Raises:
+            UnknownModelError: that model is not loaded.
+        """
+        encoder = self.models.get(model_id)
         key = normalize_query(text)
-        vector = self.cache.get(key)
+        cache_key = f"{encoder.info.model_id}\n{key}"
+        vector = self.cache.get(cache_key)
         self.metrics.cache(vector is not None)
         if vector is None:
             loop = asyncio.get_running_loop()
-            vector = await loop.run_in_executor(self._executor, self._encode_one, key)
-            self.cache.put(key, vector)
-        return vector
+            vector = await loop.run_in_executor(self._executor, self._encode_one, encoder, key)
+            self.cache.put(cache_key, vector)
+        return QueryVector(encoder.info.model_id, vector)
+
+    async def load(self, model_id: str) -> ModelInfo:
+        """Load published model `model_id` in a worker thread (queries go on meanwhile)."""
+        return await asyncio.to_thread(self.models.load, model_id)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
@@ -175,6 +291,7 @@ class TextEncoder:
         max_batch_size: most queries per forward pass (1: batching off).
         batch_wait_timeout_s: how long the first query of a batch waits for company.
         s3_endpoint_url: S3-compatible endpoint for an `s3://` checkpoint.
+        models_root: where published models are loaded from when a collection needs one.
     """
 
     def __init__(
@@ -184,33 +301,52 @@ class TextEncoder:
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.005,
         s3_endpoint_url: str | None = None,
+        models_root: str | None = None,
     ) -> None:
         from serve.metrics import EncoderMetrics
 
-        self.encoder = QueryEncoder(checkpoint, s3_endpoint_url=s3_endpoint_url)
+        self.models = ModelSet(checkpoint, models_root, s3_endpoint_url)
         self.cache = QueryCache(cache_size)
         self.metrics = EncoderMetrics.create()
         self._encode_batch.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
-        self.encoder.encode(["warm up"])
 
     def info(self) -> dict[str, Any]:
-        """The model's `ModelInfo` as a dict (plain data crosses the handle)."""
-        return self.encoder.info.to_dict()
+        """The configured model's `ModelInfo` as a dict (plain data crosses the handle)."""
+        return self.models.info.to_dict()
 
-    async def embed(self, text: str) -> Vector:
-        """Unit embedding (D,) of one query."""
+    async def load(self, model_id: str) -> dict[str, Any]:
+        """Load published model `model_id`; its `ModelInfo` as a dict."""
+        info = await asyncio.to_thread(self.models.load, model_id)
+        return info.to_dict()
+
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+        """Unit embedding (D,) of one query by model `model_id` (None: the configured one);
+        a published model this replica has not loaded yet is loaded first."""
+        if model_id is not None and model_id not in self.models.loaded():
+            await asyncio.to_thread(self.models.load, model_id)
+        model = self.models.get(model_id).info.model_id
         key = normalize_query(text)
-        vector = self.cache.get(key)
+        vector = self.cache.get(f"{model}\n{key}")
         self.metrics.cache(vector is not None)
         if vector is None:
-            vector = await self._encode_batch(key)
-            self.cache.put(key, vector)
-        return vector
+            vector = await self._encode_batch((model, key))
+            self.cache.put(f"{model}\n{key}", vector)
+        return QueryVector(model, vector)
+
+    async def check_health(self) -> None:
+        """Serve's health check: the model still encodes (a replica that cannot is replaced)."""
+        await asyncio.wait_for(asyncio.to_thread(self.models.get(None).encode, ["health"]), 10.0)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _encode_batch(self, texts: list[str]) -> list[Vector]:
+    async def _encode_batch(self, items: list[tuple[str, str]]) -> list[Vector]:
         start = time.perf_counter()
-        vectors = await asyncio.to_thread(self.encoder.encode, texts)  # (B, D)
-        self.metrics.batch(len(texts), time.perf_counter() - start)
-        return list(vectors)
+        out: list[Vector | None] = [None] * len(items)
+        for model in dict.fromkeys(m for m, _ in items):  # one forward pass per model
+            rows = [i for i, (m, _) in enumerate(items) if m == model]
+            encoder = self.models.get(model)
+            vectors = await asyncio.to_thread(encoder.encode, [items[i][1] for i in rows])
+            for i, vector in zip(rows, vectors, strict=True):
+                out[i] = vector  # (D,)
+        self.metrics.batch(len(items), time.perf_counter() - start)
+        return [v for v in out if v is not None]

@@ -29,9 +29,11 @@ def _metric(kind: str, name: str, **kwargs: Any) -> Any:
 class RequestMetrics:
     """Count and latency of HTTP requests, by route template, method and status."""
 
-    def __init__(self, requests: Any = None, latency: Any = None) -> None:
+    def __init__(self, requests: Any = None, latency: Any = None, refusals: Any = None) -> None:
         self._requests = requests
         self._latency = latency
+        self._refusals = refusals
+        self.refusal_counts: dict[str, int] = {}
 
     @classmethod
     def create(cls) -> RequestMetrics:
@@ -50,7 +52,20 @@ class RequestMetrics:
             boundaries=LATENCY_BOUNDARIES_MS,
             tag_keys=("route", "method"),
         )
-        return cls(requests, latency)
+        refusals = _metric(
+            "Counter",
+            "adaclip_refused_requests",
+            description="Requests refused by the ingress, by reason (model_mismatch, overload).",
+            tag_keys=("reason",),
+        )
+        return cls(requests, latency, refusals)
+
+    def refused(self, reason: str) -> None:
+        """Count one refused request (`model_mismatch`: a query embedding of another model
+        than the collection's; `overload`: shed with 503 + Retry-After)."""
+        self.refusal_counts[reason] = self.refusal_counts.get(reason, 0) + 1
+        if self._refusals is not None:
+            self._refusals.inc(tags={"reason": reason})
 
     def record(self, route: str, method: str, status: int, latency_ms: float) -> None:
         if self._requests is None or self._latency is None:

@@ -39,8 +39,14 @@ class SearchRequest(BaseModel):
     filter: SearchFilter | None = Field(None, description="restrict the candidate videos")
     rerank: bool | None = Field(
         None,
-        description="re-rank the best candidates by Q-Score and find the matching moment "
-        "(default: on when the model aggregates frames with Q-Score)",
+        description="re-order the best candidates by Q-Score (and find each one's moment); "
+        "default: only when the model's aggregator is query-dependent (Q-Score), since "
+        "re-ordering an MLP-Score model ranks by a similarity it was not trained on",
+    )
+    moments: bool = Field(
+        False,
+        description="find each hit's best moment (its kept frame closest to the query) "
+        "without changing the order or the scores",
     )
 
     @field_validator("query")
@@ -63,7 +69,7 @@ class SearchResult(BaseModel):
     score: float = Field(description="cosine similarity, or the Q-Score when re-ranked")
     frame_ts: list[float] = Field(description="times (s) of the video's indexed frames")
     best_moment_s: float | None = Field(
-        None, description="time (s) of the frame closest to the query (re-ranked searches)"
+        None, description="time (s) of the frame closest to the query (moments or re-rank)"
     )
     duration_s: float | None = None
     media_url: str | None = Field(
@@ -74,7 +80,9 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     took_ms: float
-    model_id: str
+    model_id: str = Field(description="the model of the query embedding and of the collection")
+    collection: str | None = Field(None, description="the physical collection answered from")
+    reranked: bool = Field(False, description="whether hits were re-ordered by Q-Score")
 
 
 class VideoInfo(BaseModel):

@@ -4,6 +4,14 @@
 whose Qdrant is down still starts, answers 503 and recovers when Qdrant comes back), runs
 blocking store calls in worker threads, and turns every store or encoder failure into
 `UnavailableError` (HTTP 503).
+
+Model rollout: the configured collection name may be an alias of a physical per-model
+collection. The service binds the physical collection and the model that filled it, and
+checks the alias every `alias_check_s`; when it points elsewhere, the new collection's
+model is loaded (published under `models_root/<model_id>/`) while the old binding keeps
+answering, then the binding switches in one step. Every query embedding carries its
+`model_id`; one that is not the bound collection's is refused (`ModelMismatchError`,
+HTTP 503, counted), so an answer always comes from exactly one model.
 """
 
 from __future__ import annotations
@@ -11,67 +19,104 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
 from pipelines.store import SearchHit, VideoStore
-from serve.encoder import ModelInfo
+from serve.encoder import ModelInfo, QueryVector
 from serve.media import MediaResolver
 from serve.schemas import SearchRequest, SearchResponse, SearchResult, VideoInfo
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-EmbedFn = Callable[[str], Awaitable[npt.NDArray[np.float32]]]
 
 
 class UnavailableError(RuntimeError):
     """The store or the encoder cannot answer now (HTTP 503)."""
 
 
+class ModelMismatchError(UnavailableError):
+    """A query embedding of another model than the collection's: refused, never served."""
+
+
+class QueryEncoding(Protocol):
+    """What the service needs of an encoder (`InlineEncoder`, or the handle adapter)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector: ...
+
+    async def load(self, model_id: str) -> ModelInfo: ...
+
+
+@dataclass
+class Binding:
+    """The physical collection answered from, its model, and a store bound to it."""
+
+    collection: str
+    model: ModelInfo
+    store: VideoStore
+
+
 class SearchService:
     """Query embedding + store search + media URLs.
 
     Args:
-        embed: coroutine function: query text -> unit embedding (D,).
-        info: the encoder's model.
+        encoder: embeds queries (with their model_id) and loads published models.
         open_store: opens the (unbound) video store; called again after a failure.
-        collection: collection to search.
+        collection: collection to search: a physical collection or an alias of one.
         media: turns URIs into playable URLs.
         rerank_candidates: candidates re-ranked by Q-Score when re-ranking.
         ready_timeout_s: how long /readyz waits for the encoder.
+        alias_check_s: how often the alias is resolved again (0: every request).
+        on_mismatch: called once per refused mismatched embedding (a metric).
     """
 
     def __init__(
         self,
-        embed: EmbedFn,
-        info: ModelInfo,
+        encoder: QueryEncoding,
         open_store: Callable[[], VideoStore],
         collection: str,
         media: MediaResolver,
         rerank_candidates: int = 100,
         ready_timeout_s: float = 5.0,
+        alias_check_s: float = 2.0,
+        on_mismatch: Callable[[], None] | None = None,
     ) -> None:
-        self._embed = embed
-        self.info = info
+        self.encoder = encoder
         self._open_store = open_store
         self.collection = collection
         self.media = media
         self.rerank_candidates = rerank_candidates
         self.ready_timeout_s = ready_timeout_s
-        self._store: VideoStore | None = None
+        self.alias_check_s = alias_check_s
+        self._on_mismatch = on_mismatch
+        self._binding: Binding | None = None
+        self._retired: list[Binding] = []  # replaced bindings, closed one switch later
+        self._refusal: str | None = None  # the alias points at a model that cannot load
+        self._switching: asyncio.Task[None] | None = None
+        self._checked_at = 0.0
         self._open_lock = asyncio.Lock()
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model of the bound collection (the encoder's configured one before binding)."""
+        return self._binding.model if self._binding is not None else self.encoder.info
 
     # ---- public API -------------------------------------------------------------------
 
     async def search(self, request: SearchRequest, base: str = "") -> SearchResponse:
         """Answer one validated search request; `base` prefixes local media URLs."""
         start = time.perf_counter()
-        vector = await self.embed(request.query)
-        rerank = request.rerank if request.rerank is not None else self.default_rerank
+        binding = await self._current()
+        vector = await self.embed_for(request.query, binding)
+        model = binding.model
+        rerank = request.rerank if request.rerank is not None else model.frame_agg == "qscore"
         prefix = request.filter.uri_prefix if request.filter else None
 
         def run(store: VideoStore) -> list[SearchResult]:
@@ -81,95 +126,181 @@ class SearchService:
                 uri_prefix=prefix or None,
                 rerank=rerank,
                 rerank_candidates=self.rerank_candidates,
-                agg_temperature=self.info.agg_temperature,
+                agg_temperature=model.agg_temperature,
             )
+            if request.moments and not rerank:
+                store.add_moments(hits, vector)
             return [self._result(hit, base) for hit in hits]
 
-        results = await self._with_store(run)
+        results = await self._with_store(binding, run)
         took_ms = (time.perf_counter() - start) * 1000.0
-        return SearchResponse(results=results, took_ms=took_ms, model_id=self.info.model_id)
+        return SearchResponse(
+            results=results,
+            took_ms=took_ms,
+            model_id=model.model_id,
+            collection=binding.collection,
+            reranked=rerank,
+        )
 
     async def video(self, video_id: str, base: str = "") -> VideoInfo | None:
         """A video's stored record by `video_id` (or point id); None if unknown."""
+        binding = await self._current()
 
         def run(store: VideoStore) -> VideoInfo | None:
             hit = store.get(video_id)
             return None if hit is None else self._video_info(hit, base)
 
-        return await self._with_store(run)
+        return await self._with_store(binding, run)
 
     async def readiness(self) -> dict[str, Any]:
-        """Facts for /readyz; raises UnavailableError when the store or model is not ready."""
-        count = await self._with_store(lambda store: store.count())
+        """Facts for /readyz, probed now (nothing cached): the alias resolves, the store
+        counts the bound collection, and the encoder embeds a probe with its model.
+
+        Raises:
+            UnavailableError: the store or the model is not ready.
+        """
+        binding = await self._current(force_check=True)
+        count = await self._with_store(binding, lambda store: store.count())
         try:
-            await asyncio.wait_for(self.embed("readiness probe"), timeout=self.ready_timeout_s)
+            await asyncio.wait_for(
+                self.embed_for("readiness probe", binding), timeout=self.ready_timeout_s
+            )
         except asyncio.TimeoutError as err:
             raise UnavailableError("text encoder did not answer in time") from err
         return {
             "ready": True,
-            "model_id": self.info.model_id,
+            "model_id": binding.model.model_id,
             "collection": self.collection,
+            "physical_collection": binding.collection,
             "videos": count,
         }
 
     @property
     def default_rerank(self) -> bool:
-        """Re-rank unless asked not to when the model's video vector is a Q-Score proxy."""
+        """Re-rank by default only when the model's aggregator is query-dependent (Q-Score):
+        re-ordering an MLP-Score model by Q-Score ranks by a similarity it was not trained on."""
         return self.info.frame_agg == "qscore"
 
-    async def embed(self, text: str) -> npt.NDArray[np.float32]:
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+        """The encoder's embedding of `text` by `model_id`; failures become 503s."""
         try:
-            vector = await self._embed(text)
+            qv = await self.encoder.embed(text, model_id)
         except Exception as err:
             logger.exception("text encoder failed")
             raise UnavailableError(f"text encoder unavailable: {type(err).__name__}") from err
-        return np.asarray(vector, dtype=np.float32).reshape(-1)
+        return QueryVector(qv.model_id, np.asarray(qv.vector, dtype=np.float32).reshape(-1))
+
+    async def embed_for(self, text: str, binding: Binding) -> np.ndarray:
+        """The query vector for `binding`'s collection; a vector of any other model is
+        refused (ModelMismatchError), never searched with."""
+        qv = await self.embed(text, binding.model.model_id)
+        if qv.model_id != binding.model.model_id:
+            if self._on_mismatch is not None:
+                self._on_mismatch()
+            raise ModelMismatchError(
+                f"query embedded by model {qv.model_id}, but collection "
+                f"{binding.collection!r} holds model {binding.model.model_id}: refused"
+            )
+        return qv.vector
 
     def close(self) -> None:
-        if self._store is not None:
-            store, self._store = self._store, None
+        if self._switching is not None:
+            self._switching.cancel()
+        for binding in [*self._retired, *([self._binding] if self._binding else [])]:
+            binding.store.close()
+        self._binding, self._retired = None, []
+
+    # ---- binding: alias -> physical collection -> model ---------------------------------
+
+    async def _current(self, force_check: bool = False) -> Binding:
+        binding = self._binding
+        if binding is None:
+            return await self._first_binding()
+        now = time.monotonic()
+        due = force_check or now - self._checked_at >= self.alias_check_s
+        if due and (self._switching is None or self._switching.done()):
+            self._checked_at = now
+            target = await self._with_store(
+                binding, lambda store: store.resolve_alias(self.collection)
+            )
+            if target != binding.collection:
+                self._switching = asyncio.create_task(self._switch(target))
+            elif self._refusal is not None:
+                self._refusal = None  # the alias came back to the bound collection
+        if self._refusal is not None:
+            raise UnavailableError(self._refusal)
+        return binding
+
+    async def _first_binding(self) -> Binding:
+        async with self._open_lock:
+            if self._binding is None:
+                self._binding = await self._bind(None)
+                self._checked_at = time.monotonic()
+            return self._binding
+
+    async def _switch(self, target: str) -> None:
+        """Bind `target` while the old binding keeps answering; then swap in one step."""
+        try:
+            new = await self._bind(target)
+        except UnavailableError as err:
+            logger.error("alias %r -> %r: %s", self.collection, target, err)
+            self._refusal = str(err)
+            return
+        old, self._binding = self._binding, new
+        self._refusal = None
+        for retired in self._retired:  # in-flight calls on these ended a switch ago
+            retired.store.close()
+        self._retired = [old] if old is not None else []
+        logger.info(
+            "collection %r now answers from %r (model %s)",
+            self.collection,
+            new.collection,
+            new.model.model_id,
+        )
+
+    async def _bind(self, target: str | None) -> Binding:
+        """Open the store on `target` (None: resolve the alias) and get its model."""
+        try:
+            store = await asyncio.to_thread(self._open_store)
+        except Exception as err:
+            logger.warning("cannot open the store: %s: %s", type(err).__name__, err)
+            raise UnavailableError(
+                f"vector store unavailable: {type(err).__name__}: {err}"
+            ) from err
+        try:
+            info = await asyncio.to_thread(store.open_collection, target or self.collection)
+            model = await self._model_for(info.model_id, info.name)
+        except UnavailableError:
             store.close()
+            raise
+        except Exception as err:
+            store.close()
+            logger.warning("cannot open collection: %s: %s", type(err).__name__, err)
+            raise UnavailableError(
+                f"vector store unavailable: {type(err).__name__}: {err}"
+            ) from err
+        return Binding(info.name, model, store)
+
+    async def _model_for(self, model_id: str, collection: str) -> ModelInfo:
+        if model_id == self.encoder.info.model_id:
+            return self.encoder.info
+        try:
+            return await self.encoder.load(model_id)
+        except Exception as err:
+            raise UnavailableError(
+                f"collection {collection!r} holds vectors of model {model_id}, but the server "
+                f"encodes queries with model {self.encoder.info.model_id} and cannot load "
+                f"{model_id} ({err}); it refuses rather than mix models"
+            ) from err
 
     # ---- helpers ----------------------------------------------------------------------
 
-    async def _with_store(self, fn: Callable[[VideoStore], T]) -> T:
-        store = await self._bound_store()
+    async def _with_store(self, binding: Binding, fn: Callable[[VideoStore], T]) -> T:
         try:
-            return await asyncio.to_thread(fn, store)
+            return await asyncio.to_thread(fn, binding.store)
         except Exception as err:
             logger.warning("store call failed: %s: %s", type(err).__name__, err)
             raise UnavailableError(f"vector store unavailable: {type(err).__name__}") from err
-
-    async def _bound_store(self) -> VideoStore:
-        if self._store is not None:
-            return self._store
-        async with self._open_lock:
-            if self._store is None:
-                try:
-                    self._store = await asyncio.to_thread(self._open_bound)
-                except UnavailableError:
-                    raise
-                except Exception as err:
-                    logger.warning("cannot open the store: %s: %s", type(err).__name__, err)
-                    raise UnavailableError(
-                        f"vector store unavailable: {type(err).__name__}: {err}"
-                    ) from err
-            return self._store
-
-    def _open_bound(self) -> VideoStore:
-        store = self._open_store()
-        try:
-            info = store.open_collection(self.collection)
-        except Exception:
-            store.close()
-            raise
-        if info.model_id != self.info.model_id:
-            store.close()
-            raise UnavailableError(
-                f"collection {self.collection!r} holds vectors of model {info.model_id}, "
-                f"but the server encodes queries with model {self.info.model_id}"
-            )
-        return store
 
     def _result(self, hit: SearchHit, base: str) -> SearchResult:
         duration = hit.payload.get("duration_s")

@@ -84,6 +84,17 @@ class ServeSettings(StoreSettings):
         100, ge=1, le=1000, description="candidates re-ranked by Q-Score when rerank is on"
     )
     max_body_bytes: int = Field(65536, ge=1024, description="largest accepted request body")
+    models_root: str | None = Field(
+        None,
+        description=(
+            "folder or s3:// prefix of checkpoints published by `adaclip publish`"
+            " (<root>/<model_id>/): when the collection alias switches to a collection of"
+            " another model, that model is loaded from here (none: such a switch is refused)"
+        ),
+    )
+    alias_check_s: float = Field(
+        2.0, ge=0, description="how often the collection alias is resolved again, seconds"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

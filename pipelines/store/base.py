@@ -42,6 +42,9 @@ INTERNAL_FIELDS = ("uri_prefixes", "frame_norms", "frame_gram")
 # What `adaclip ls` shows of each video.
 LISTED_FIELDS = ("uri", "video_id", "etag", "duration_s", "model_id", "indexed_at")
 SCROLL_PAGE = 1024
+# A URI prefix not ending at '/' is matched on its directory's indexed prefix and then by
+# str.startswith: at most this many nearest videos of that directory are examined for it.
+PREFIX_SCAN_LIMIT = 4096
 # `status` of a failure record: a video that failed for good at this etag (no vectors).
 FAILED = "failed"
 FAILURE_RECORDS: Filter = (("status", FAILED),)  # matches failure records only
@@ -337,8 +340,11 @@ class VideoStore(abc.ABC):
         return self._info
 
     def open_collection(self, name: str) -> CollectionInfo:
-        """Bind an existing collection (for readers); raises LookupError if it is missing."""
+        """Bind an existing collection (for readers); raises LookupError if it is missing.
+
+        An alias binds the physical collection it points at (`CollectionInfo.name`)."""
         self._info = None
+        name = self.resolve_alias(name)
         if not self._open(name, dim=0, create=False):
             raise LookupError(f"no collection {name!r}")
         meta = self._read_meta()
@@ -512,6 +518,21 @@ class VideoStore(abc.ABC):
             return rerank_rows(rows, q, agg_temperature)[:top_k]
         return [row_to_hit(r) for r in rows]
 
+    def add_moments(self, hits: Sequence[SearchHit], query_vector: npt.ArrayLike) -> None:
+        """Fill each hit's `best_moment_s` (its frame closest to the query, argmax of
+        cos(q, f_k)) and `frame_scores`, without changing scores or order. One batched
+        fetch of the hits' frame vectors."""
+        if not hits:
+            return
+        frames = self._retrieve_frames([h.id for h in hits])
+        for hit in hits:
+            u = frames.get(hit.id)
+            if u is None or not len(hit.frame_ts):
+                continue
+            cos = frame_cosines(query_vector, u[None])[0]  # (K,)
+            hit.frame_scores = [float(c) for c in cos]
+            hit.best_moment_s = hit.frame_ts[int(np.argmax(cos))]
+
     def get(self, key: str) -> SearchHit | None:
         """A video by point id (UUID string) or else by `video_id`."""
         _ = self.collection  # raises when unbound
@@ -530,6 +551,35 @@ class VideoStore(abc.ABC):
         _ = self.collection  # raises when unbound
         failed = self._count_points(FAILURE_RECORDS)
         return max(self._count_points() - 1 - failed, 0)
+
+    # ---- aliases: a logical collection name -> a physical per-model collection ---------
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> physical collection, for every alias of this store."""
+        return self._aliases()
+
+    def resolve_alias(self, name: str) -> str:
+        """The physical collection `name` stands for (`name` itself when it is no alias)."""
+        return self._aliases().get(name, name)
+
+    def set_alias(self, alias: str, collection: str) -> str | None:
+        """Point `alias` at the physical `collection` in one atomic step; returns the
+        collection it pointed at before (None: a new alias).
+
+        Readers that resolve the alias afterwards see the new collection; none sees a
+        half-made state. The target must exist and hold a model record.
+
+        Raises:
+            LookupError: `collection` does not exist (or is itself an alias).
+            ValueError: `alias` is the name of a physical collection.
+        """
+        current = self._aliases()
+        if collection in current or not self._collection_exists(collection):
+            raise LookupError(f"no collection {collection!r} to point alias {alias!r} at")
+        if self._collection_exists(alias):
+            raise ValueError(f"{alias!r} is a collection, it cannot also be an alias")
+        self._switch_alias(alias, collection, current.get(alias))
+        return current.get(alias)
 
     def optimize(self) -> bool:
         """Build indexes now (embedded backend); True if anything changed."""
@@ -554,19 +604,38 @@ class VideoStore(abc.ABC):
     def _query_prefixed(
         self, q: FloatArray, limit: int, uri_prefix: str | None, with_frames: bool
     ) -> list[Row]:
+        """Nearest rows under `uri_prefix`. A directory prefix is one indexed match; any
+        other pages through its directory's nearest videos, without frame vectors, until
+        `limit` match or PREFIX_SCAN_LIMIT rows were examined, and then fetches the frames
+        of the kept rows only."""
         exact, post = prefix_filter(uri_prefix)
         flt: Filter = (("uri_prefixes", exact),) if exact else ()
         if post is None:
             return self._query(q, limit, 0, flt, with_frames)
         kept: list[Row] = []
         offset, page = 0, max(2 * limit, 64)
-        while len(kept) < limit:
-            rows = self._query(q, page, offset, flt, with_frames)
+        while len(kept) < limit and offset < PREFIX_SCAN_LIMIT:
+            page = min(page, PREFIX_SCAN_LIMIT - offset)
+            rows = self._query(q, page, offset, flt, False)
             kept += [r for r in rows if str(r.payload.get("uri", "")).startswith(post)]
             if len(rows) < page:
                 break
             offset, page = offset + page, page * 2
-        return kept[:limit]
+        kept = kept[:limit]
+        if with_frames and kept:
+            full = {r.id: r for r in self._retrieve_with_frames([r.id for r in kept])}
+            kept = [Row(r.id, full[r.id].payload, r.score, full[r.id].frames) for r in kept]
+        return kept
+
+    def _retrieve_frames(self, ids: Sequence[str]) -> dict[str, FloatArray]:
+        """id -> (K, D) stored unit frame vectors (K: the video's own frame count)."""
+        rows = self._retrieve_with_frames(ids)
+        out = {}
+        for r in rows:
+            if r.frames is not None:
+                k = len(r.payload.get("frame_norms") or r.frames)
+                out[r.id] = r.frames[:k]
+        return out
 
     # ---- backend primitives -----------------------------------------------------------
 
@@ -615,6 +684,22 @@ class VideoStore(abc.ABC):
     @abc.abstractmethod
     def _count_points(self, flt: Filter = ()) -> int:
         """Exact number of points matching `flt`, metadata point included."""
+
+    @abc.abstractmethod
+    def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
+        """Points by id with their whole payload and `frames` multivector (missing skipped)."""
+
+    def _aliases(self) -> dict[str, str]:
+        """alias -> collection of every alias (backends without aliases: none)."""
+        return {}
+
+    def _collection_exists(self, name: str) -> bool:
+        """Whether a physical collection `name` exists (aliases do not count)."""
+        raise NotImplementedError(f"{type(self).__name__} has no aliases")
+
+    def _switch_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        """Atomically make `alias` point at `collection` (it pointed at `previous`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no aliases")
 
     @abc.abstractmethod
     def _close(self) -> None:

@@ -10,8 +10,11 @@ at a time may open a collection.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ DEFAULT_QDRANT_PATH = "./.adaclip/qdrant"
 _UPSERT_BATCH = 256
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CONFIG_FILE = "edge_config.json"  # written by EdgeShard.create
+# Aliases of the embedded store: {"alias": "collection"} in one file beside the shard
+# folders, replaced atomically (write a temp file, fsync, rename), so a reader in another
+# process sees the old or the new mapping, never a mix.
+ALIASES_FILE = "aliases.json"
 
 
 def _edge_config(dim: int) -> qe.EdgeConfig:
@@ -164,6 +171,38 @@ class EdgeVideoStore(VideoStore):
 
     def _count_points(self, flt: Filter = ()) -> int:
         return self._require().count(qe.CountRequest(exact=True, filter=_edge_filter(flt)))
+
+    def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
+        points = self._require().retrieve(list(ids), True, [FRAMES_VECTOR])
+        return [row_from_point(p, with_frames=True) for p in points]
+
+    def _aliases(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.path / ALIASES_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _collection_exists(self, name: str) -> bool:
+        return bool(_NAME.fullmatch(name)) and (self.path / name / _CONFIG_FILE).exists()
+
+    def _switch_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        if not _NAME.fullmatch(alias):
+            raise ValueError(f"bad alias name {alias!r}: use letters, digits, _ . -")
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / f".{ALIASES_FILE}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # writers one at a time (read-modify-write)
+            aliases = {**self._aliases(), alias: collection}
+            fd, tmp = tempfile.mkstemp(prefix=f".{ALIASES_FILE}.", dir=self.path)
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(aliases, fh, indent=1, sort_keys=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path / ALIASES_FILE)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def _close(self) -> None:
         if self._shard is not None:

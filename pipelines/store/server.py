@@ -184,6 +184,33 @@ class ServerVideoStore(VideoStore):
             self._require(), count_filter=_client_filter(flt), exact=True
         ).count
 
+    def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
+        points = self._client.retrieve(
+            self._require(), list(ids), with_payload=True, with_vectors=[FRAMES_VECTOR]
+        )
+        return [row_from_point(p, with_frames=True) for p in points]
+
+    def _aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+
+    def _collection_exists(self, name: str) -> bool:
+        # the server's collection list (an alias is not in it)
+        return name in {c.name for c in self._client.get_collections().collections}
+
+    def _switch_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        # one request: the server applies the delete and the create atomically
+        operations: list[qm.AliasOperations] = []
+        if previous is not None:
+            operations.append(
+                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias))
+            )
+        operations.append(
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias)
+            )
+        )
+        self._client.update_collection_aliases(change_aliases_operations=operations)
+
     def _close(self) -> None:
         self._name = None
         if not self._closed:

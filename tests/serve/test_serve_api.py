@@ -22,7 +22,14 @@ from serve_fixtures import IndexedVideos
 
 from pipelines.store import open_store
 from serve.api import ApiOptions, create_api
-from serve.encoder import ModelInfo, QueryCache, QueryEncoder, normalize_query
+from serve.encoder import (
+    ModelInfo,
+    QueryCache,
+    QueryEncoder,
+    QueryVector,
+    UnknownModelError,
+    normalize_query,
+)
 from serve.media import MediaResolver, resolve_media_path
 from serve.search import SearchService
 from serve.settings import ServeSettings
@@ -89,15 +96,25 @@ def store_copy(indexed_videos: IndexedVideos, tmp_path_factory: pytest.TempPathF
     return dest
 
 
+class DirectEncoder:
+    """One loaded model as the service's encoder (`info` may claim another model_id)."""
+
+    def __init__(self, encoder: QueryEncoder, info: ModelInfo | None = None) -> None:
+        self.encoder = encoder
+        self.info = info or encoder.info
+
+    async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+        return QueryVector(self.info.model_id, self.encoder.encode([text])[0])
+
+    async def load(self, model_id: str) -> ModelInfo:
+        raise UnknownModelError(f"model {model_id} is not loaded")
+
+
 def make_service(
     encoder: QueryEncoder, indexed: IndexedVideos, store_path: Path, **kwargs: Any
 ) -> SearchService:
-    async def embed(text: str) -> Any:
-        return encoder.encode([text])[0]
-
     return SearchService(
-        embed=embed,
-        info=kwargs.pop("info", encoder.info),
+        encoder=DirectEncoder(encoder, kwargs.pop("info", None)),
         open_store=kwargs.pop("open_store", lambda: open_store(qdrant_path=str(store_path))),
         collection=indexed.collection,
         media=MediaResolver(indexed.media_root),
@@ -122,10 +139,9 @@ def client(service: SearchService) -> TestClient:
 def test_search_equals_direct_store_search(
     client: TestClient, service: SearchService, encoder: QueryEncoder
 ) -> None:
-    store = service._store if service._store is not None else None
     client.post("/search", json={"query": "warm"})  # opens the store
-    store = service._store
-    assert store is not None
+    assert service._binding is not None
+    store = service._binding.store
     for query, rerank in [("a red circle moving left", False), ("blue square going up", True)]:
         r = client.post("/search", json={"query": query, "top_k": 4, "rerank": rerank})
         assert r.status_code == 200, r.text
@@ -144,6 +160,7 @@ def test_search_equals_direct_store_search(
             assert got["best_moment_s"] == want.best_moment_s
             assert (got["best_moment_s"] is not None) == rerank
         assert body["model_id"] == encoder.info.model_id and body["took_ms"] > 0
+        assert body["reranked"] == rerank and body["collection"] == store.collection.name
 
 
 @pytest.mark.parametrize(("body", "status"), BAD_REQUESTS)
@@ -299,11 +316,12 @@ def test_wrong_model_or_dead_encoder_is_503(
     assert r.status_code == 503 and "0123456789abcdef" in r.json()["error"]
     mismatch.close()
 
-    async def broken(text: str) -> Any:
-        raise RuntimeError("replica died")
+    class Broken(DirectEncoder):
+        async def embed(self, text: str, model_id: str | None = None) -> QueryVector:
+            raise RuntimeError("replica died")
 
     dead = make_service(encoder, indexed_videos, tmp_path / "q")
-    dead._embed = broken
+    dead.encoder = Broken(encoder)
     r = TestClient(create_api(dead)).post("/search", json={"query": "a"})
     assert r.status_code == 503 and "encoder" in r.json()["error"]
     dead.close()
