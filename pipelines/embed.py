@@ -5,18 +5,25 @@
 encodes only those with CLIP and aggregates them, and reports the model's GFLOPs per video
 once. Videos that fail are reported (:class:`pipelines.report.FailureReporter`: a row of
 ``failures.jsonl`` at once, and a failure record in the store when decoding failed) and
-dropped from the stream, so one bad file never stops the job.
+dropped from the stream, so one bad file never stops the job. In the model stage that
+holds for one bad row too: a batch that raises (out of memory on one long video) is retried
+one video at a time, and a video whose vector came out NaN, inf or zero is dropped with
+reason ``bad_vector``; both are reported with stage ``embed`` and fetched again next run.
 The pure work underneath (``decode_object``, ``embed_batch``) is tested without Ray.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from pipelines.sources import FetchError, ObjectFetcher
+
+log = logging.getLogger("adaclip.index")
 
 Batch = dict[str, np.ndarray]
 ROW_FIELDS = ("uri", "video_id", "etag", "size_bytes")
@@ -166,6 +173,83 @@ def embed_batch(model: Any, batch: Batch) -> Batch:
     return out
 
 
+class BadVectorError(ValueError):
+    """The model gave a video a vector that cosine search cannot use (NaN, inf or zero)."""
+
+    reason = "bad_vector"
+
+
+def bad_vector_rows(out: Batch) -> dict[int, str]:
+    """Rows of an embedding batch whose video or frame vectors are non-finite or zero:
+    {row: what is wrong}."""
+    bad: dict[int, str] = {}
+    video, frames = out["video_vector"], out["frame_vectors"]  # (B, D), (B, K, D)
+    for i in range(len(video)):
+        if not (np.isfinite(video[i]).all() and np.isfinite(frames[i]).all()):
+            bad[i] = "non-finite value (NaN or inf) in the video or frame vectors"
+        elif not np.linalg.norm(video[i]) > 0 or not np.linalg.norm(frames[i], axis=-1).min() > 0:
+            bad[i] = "zero video or frame vector (cosine is undefined)"
+    return bad
+
+
+def take_rows(batch: Batch, rows: list[int]) -> Batch:
+    """The batch restricted to ``rows`` (a copy; the input is not changed)."""
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def embed_or_split(
+    embed: Any, batch: Batch, on_error: Any = None
+) -> tuple[Batch | None, list[dict[str, Any]]]:
+    """Embed a batch; when it raises, embed each video alone, so one bad video (an out of
+    memory on one long video, a decoder-made frame the model chokes on) costs only itself.
+
+    Args:
+        embed: ``batch -> embedding batch`` (:func:`embed_batch` with a model bound).
+        batch: decoded rows.
+        on_error: called with the exception before the per-video retry (frees GPU memory).
+
+    Returns:
+        The embedding rows that are fit to store (None: none), and one failure row per
+        video dropped: stage ``embed``, reason the exception's type or ``bad_vector``.
+    """
+    n = len(batch["uri"])
+    try:
+        parts = [embed(batch)]
+    except Exception as err:
+        if n == 1:
+            return None, [_embed_failure(batch, 0, err)]
+        if on_error is not None:
+            on_error(err)
+        results = [embed_or_split(embed, take_rows(batch, [i]), on_error) for i in range(n)]
+        kept = [part for part, _ in results if part is not None]
+        failed = [row for _, rows in results for row in rows]
+        return (concat_batches(kept) if kept else None), failed
+    out = parts[0]
+    bad = bad_vector_rows(out)
+    if not bad:
+        return out, []
+    failed = [_embed_failure(batch, i, BadVectorError(msg)) for i, msg in bad.items()]
+    good = [i for i in range(n) if i not in bad]
+    return (take_rows(out, good) if good else None), failed
+
+
+def _embed_failure(batch: Batch, i: int, err: BaseException) -> dict[str, Any]:
+    return failure_row(
+        str(batch["uri"][i]), "embed", err, str(batch["etag"][i]), int(batch["size_bytes"][i])
+    )
+
+
+def _free_accelerator_memory(err: BaseException) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class EmbedVideos:
     """Ray Data UDF: decoded rows -> embedding rows. Loads the model once per actor.
 
@@ -176,6 +260,9 @@ class EmbedVideos:
         frame_size: decoded frame size; with ``report``, the GFLOPs one video costs at this
             size are counted once on the loaded model and sent to ``report.set_gflops``.
         report: the job's ``JobReport`` actor, or None.
+        failures: a ``FailureReporter`` for the videos this stage drops (None: dropped
+            videos are only logged). A batch that raises is retried one video at a time;
+            a video whose vectors are NaN, inf or zero is dropped (:func:`embed_or_split`).
     """
 
     def __init__(
@@ -185,11 +272,13 @@ class EmbedVideos:
         use_gpu: bool,
         frame_size: int = 224,
         report: Any = None,
+        failures: Any = None,
     ) -> None:
         import torch
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load_model(checkpoint, s3_endpoint_url, device)
+        self.failures = failures
         if report is not None:
             from adaclip.flops import video_gflops
 
@@ -200,7 +289,15 @@ class EmbedVideos:
     def __call__(self, batch: Batch) -> Batch:
         if len(batch["uri"]) == 0:
             return embed_batch_empty(self.model)
-        return embed_batch(self.model, batch)
+        out, failed = embed_or_split(
+            partial(embed_batch, self.model), batch, on_error=_free_accelerator_memory
+        )
+        if failed:
+            for row in failed:
+                log.warning("dropped %s: %s: %s", row["uri"], row["reason"], row["message"])
+            if self.failures is not None:
+                self.failures.record(failed)
+        return out if out is not None else embed_batch_empty(self.model)
 
 
 def embed_batch_empty(model: Any) -> Batch:

@@ -219,6 +219,7 @@ def build_dataset(
             use_gpu,
             settings.frame_size,
             job.report,
+            failures,
         ),
         batch_size=settings.model_batch_size,
         batch_format="numpy",
@@ -241,6 +242,7 @@ def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
         num_frames=model.top_k,
         model_id=model.model_id,
         create=not settings.dry_run,
+        prefer_grpc=settings.qdrant_grpc,
     )
 
 
@@ -299,14 +301,19 @@ def run_index(settings: IndexSettings) -> IndexSummary:
         )
         job = JobActors(owner, report, run_id, model)
         try:
-            return _run(spec, settings, job, driver_node, start)
+            return _run(spec, settings, job, driver_node, start, target)
         finally:
             for actor in (owner, report):
                 ray.kill(actor)
 
 
 def _run(
-    spec: SourceSpec, settings: IndexSettings, job: JobActors, driver_node: str, start: float
+    spec: SourceSpec,
+    settings: IndexSettings,
+    job: JobActors,
+    driver_node: str,
+    start: float,
+    target: StoreTarget | None = None,
 ) -> IndexSummary:
     import ray
 
@@ -320,12 +327,16 @@ def _run(
     progress = ProgressReporter(
         job.owner, job.report, flush=flush, flush_every_s=settings.summary_every_s
     )
+    server = target is not None and target.qdrant_url is not None
     sink = VideoStoreDatasink(
         job.owner,
         job.model.model_id,
         settings.upsert_batch_size,
         run_id=job.run_id if settings.prune else "",
+        failures=FailureReporter(job.report),
+        direct=target if server else None,  # a server: each write task has its own client
     )
+    write_tasks = max(1, settings.write_tasks) if server else WRITE_TASKS
     progress.start()
     written = False
     try:
@@ -335,7 +346,7 @@ def _run(
                 pass
         else:
             ds.write_datasink(
-                sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=WRITE_TASKS
+                sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS}, concurrency=write_tasks
             )
         written = not settings.dry_run
         extra.update(prune_or_count(spec, settings, job))

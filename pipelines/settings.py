@@ -90,6 +90,14 @@ class IndexSettings(StoreSettings):
     model_cpus: float = Field(0.5, description="CPUs per model actor on a CPU-only cluster")
     model_batch_size: int = Field(8, description="videos per model batch")
     upsert_batch_size: int = Field(64, description="points per Qdrant upsert")
+    write_tasks: int = Field(
+        4,
+        description="parallel upsert tasks for a Qdrant server, each with its own client "
+        "(the embedded store has one writer)",
+    )
+    qdrant_grpc: bool = Field(
+        True, description="talk gRPC (port 6334) to a Qdrant server; REST when it does not answer"
+    )
     use_gpu: bool | None = Field(None, description="force model actors onto GPUs (default: auto)")
     decode_resources: dict[str, float] = Field(
         default_factory=dict,

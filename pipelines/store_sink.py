@@ -6,13 +6,19 @@ one :class:`StoreWriter` actor, which owns the store for the whole write. Each w
 returns how many records the writer upserted for it, so ``on_write_complete`` (on the
 driver) sums what was really written.
 
-Why one writer for both backends: an embedded store (qdrant-edge) belongs to one process at
-a time, so its writes must funnel into a single owner anyway. For a Qdrant server, write
-tasks could upsert in parallel, but the model stage, not the upsert, bounds the job (a
-server takes thousands of points/s from one client; a GPU embeds far fewer videos/s), and
-one writer keeps the model-id check, the progress count and one client connection in one
-place. The writer reserves no CPU and is pinned to the driver's node, where an embedded
-store's folder lives.
+An embedded store (qdrant-edge) belongs to one process at a time, so its writes funnel into
+that single owner. For a Qdrant server the sink is given the ``StoreTarget`` instead
+(``direct``): each of several write tasks opens its own client (gRPC where the port
+answers), checks the collection's model and upserts its batches itself, with retries and
+backoff on connection errors, timeouts, 5xx and UNAVAILABLE (:mod:`pipelines.store.retry`;
+upserts are idempotent by point id, so a Qdrant restart of a few seconds costs a delay, not
+a point). Those tasks only tell the owner how many they wrote, for the progress count. The
+owner reserves no CPU and is pinned to the driver's node, where an embedded store's folder
+lives.
+
+A row whose vectors cannot be stored (NaN, inf, zero: the model stage drops those already)
+becomes a ``failures.jsonl`` row with stage ``write``, reason ``bad_vector``; the rest of its
+batch is written.
 
 ``ProgressReporter`` is a driver thread that polls the writer: it prints
 ``indexed N/M videos`` after every upsert and logs the rate, counts and ETA periodically.
@@ -43,7 +49,7 @@ from pipelines.store import (
 log = logging.getLogger("adaclip.index")
 
 WRITE_TASK_CPUS = 0.1  # record conversion only; the writer actor does the upserts
-WRITE_TASKS = 1  # the one writer serialises upserts anyway; conversion is cheap beside them
+WRITE_TASKS = 1  # embedded store: the one owner serialises upserts anyway
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,33 @@ class StoreTarget:
     num_frames: int
     model_id: str
     create: bool = True  # False (dry run): bind an existing collection only, write nothing
+    prefer_grpc: bool = True  # server backend: gRPC when its port answers, else REST
+
+    def _open_store(self) -> VideoStore:
+        if self.qdrant_url:
+            from pipelines.store.server import ServerVideoStore
+
+            return ServerVideoStore(
+                url=self.qdrant_url, api_key=self.api_key, prefer_grpc=self.prefer_grpc
+            )
+        return open_store(self.qdrant_path, None, self.api_key)
+
+    def open_writer(self) -> VideoStore:
+        """A write task's own connection to an existing collection (server backend).
+
+        Raises:
+            ModelMismatchError: the collection was filled by another model.
+            LookupError: the collection does not exist.
+        """
+        store = self._open_store()
+        try:
+            info = store.open_collection(self.collection)
+            if info.model_id != self.model_id:
+                raise ModelMismatchError(self.collection, info.model_id, self.model_id)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def open(self) -> VideoStore:
         """Open the store and bind the collection (created if missing and ``create``).
@@ -66,7 +99,7 @@ class StoreTarget:
             ModelMismatchError: the collection was filled by another model.
             LookupError: ``create`` is False and the collection does not exist.
         """
-        store = open_store(self.qdrant_path, self.qdrant_url, self.api_key)
+        store = self._open_store()
         try:
             if self.create:
                 store.ensure_collection(self.collection, self.dim, self.num_frames, self.model_id)
@@ -98,23 +131,52 @@ def open_when_free(open_fn: Callable[[], VideoStore], wait_s: float = 15.0) -> V
 
 
 def to_records(batch: dict[str, np.ndarray], model_id: str, run_id: str = "") -> list[VideoRecord]:
-    """Rows of the embedding stage -> store records (marked as seen by run ``run_id``)."""
-    return [
-        VideoRecord(
-            uri=str(batch["uri"][i]),
-            video_id=str(batch["video_id"][i]),
-            etag=str(batch["etag"][i]),
-            size_bytes=int(batch["size_bytes"][i]),
-            duration_s=float(batch["duration_s"][i]),
-            video_vector=batch["video_vector"][i],
-            frame_vectors=batch["frame_vectors"][i],
-            frame_ts=list(batch["frame_ts"][i]),
-            frame_weights=list(batch["frame_weights"][i]),
-            model_id=model_id,
-            seen_run=run_id,
-        )
-        for i in range(len(batch["uri"]))
-    ]
+    """Rows of the embedding stage -> store records (marked as seen by run ``run_id``).
+
+    Raises:
+        ValueError: a row cannot be stored (see :func:`to_records_checked`).
+    """
+    return [_record(batch, i, model_id, run_id) for i in range(len(batch["uri"]))]
+
+
+def to_records_checked(
+    batch: dict[str, np.ndarray], model_id: str, run_id: str = ""
+) -> tuple[list[VideoRecord], list[dict[str, Any]]]:
+    """Like :func:`to_records`, but a row that cannot be stored (NaN, inf or zero vector,
+    frame times out of order) becomes a failure row (stage ``write``) instead of an error."""
+    records, failed = [], []
+    for i in range(len(batch["uri"])):
+        try:
+            records.append(_record(batch, i, model_id, run_id))
+        except ValueError as err:
+            failed.append(
+                {
+                    "uri": str(batch["uri"][i]),
+                    "stage": "write",
+                    "reason": "bad_vector" if "vector" in str(err) else "bad_row",
+                    "error_type": type(err).__name__,
+                    "message": str(err)[:500],
+                    "etag": str(batch["etag"][i]),
+                    "size_bytes": int(batch["size_bytes"][i]),
+                }
+            )
+    return records, failed
+
+
+def _record(batch: dict[str, np.ndarray], i: int, model_id: str, run_id: str) -> VideoRecord:
+    return VideoRecord(
+        uri=str(batch["uri"][i]),
+        video_id=str(batch["video_id"][i]),
+        etag=str(batch["etag"][i]),
+        size_bytes=int(batch["size_bytes"][i]),
+        duration_s=float(batch["duration_s"][i]),
+        video_vector=batch["video_vector"][i],
+        frame_vectors=batch["frame_vectors"][i],
+        frame_ts=list(batch["frame_ts"][i]),
+        frame_weights=list(batch["frame_weights"][i]),
+        model_id=model_id,
+        seen_run=run_id,
+    )
 
 
 class StoreWriter:
@@ -155,6 +217,12 @@ class StoreWriter:
         self.upserted += len(records)
         self._totals.append(self.upserted)
         return len(records)
+
+    def add_upserted(self, n: int) -> int:
+        """Count ``n`` records a write task upserted itself (server backend)."""
+        self.upserted += n
+        self._totals.append(self.upserted)
+        return n
 
     def lookup(self, uris: list[str], mark_run: str | None = None) -> dict[str, IndexedState]:
         """What the collection holds for ``uris``; with ``mark_run``, mark those it holds as
@@ -202,16 +270,26 @@ class StoreWriter:
 
 
 class VideoStoreDatasink(Datasink[int]):
-    """Ray Data sink: embedding rows -> upserts of ``upsert_batch_size`` by the writer actor.
+    """Ray Data sink: embedding rows -> upserts of ``upsert_batch_size`` records.
 
     Args:
         writer: handle of the :class:`StoreWriter` actor.
         model_id: the model whose vectors the rows hold.
         upsert_batch_size: records per upsert; also the rows Ray Data bundles per write task.
+        run_id: the run's mark (``--prune``), or "".
+        failures: a ``FailureReporter`` for rows that cannot be stored (None: they raise).
+        direct: the server store's target: each write task upserts through its own client
+            and only counts its writes on ``writer``. None: ``writer`` upserts (embedded).
     """
 
     def __init__(
-        self, writer: Any, model_id: str, upsert_batch_size: int, run_id: str = ""
+        self,
+        writer: Any,
+        model_id: str,
+        upsert_batch_size: int,
+        run_id: str = "",
+        failures: Any = None,
+        direct: StoreTarget | None = None,
     ) -> None:
         if upsert_batch_size < 1:
             raise ValueError("upsert_batch_size must be >= 1")
@@ -219,6 +297,8 @@ class VideoStoreDatasink(Datasink[int]):
         self.model_id = model_id
         self.run_id = run_id
         self.upsert_batch_size = upsert_batch_size
+        self.failures = failures
+        self.direct = direct
         self.written = 0  # records upserted by all write tasks; set by on_write_complete
 
     @property
@@ -226,7 +306,21 @@ class VideoStoreDatasink(Datasink[int]):
         return self.upsert_batch_size
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> int:
+        store = self.direct.open_writer() if self.direct is not None else None
+        try:
+            return self._write(blocks, store)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _write(self, blocks: Iterable[Block], store: VideoStore | None) -> int:
         import ray
+
+        def send(chunk: list[VideoRecord]) -> int:
+            if store is None:
+                return int(ray.get(self.writer.upsert.remote(chunk)))
+            store.upsert(chunk)  # retried inside on transient errors
+            return int(ray.get(self.writer.add_upserted.remote(len(chunk))))
 
         written = 0
         pending: list[VideoRecord] = []
@@ -234,15 +328,22 @@ class VideoStoreDatasink(Datasink[int]):
             rows = BlockAccessor.for_block(block)
             if rows.num_rows() == 0:  # every video of a batch failed: may lack columns
                 continue
-            pending += to_records(rows.to_batch_format("numpy"), self.model_id, self.run_id)
+            batch = rows.to_batch_format("numpy")
+            if self.failures is None:
+                pending += to_records(batch, self.model_id, self.run_id)
+            else:
+                records, failed = to_records_checked(batch, self.model_id, self.run_id)
+                if failed:
+                    self.failures.record(failed)
+                pending += records
             while len(pending) >= self.upsert_batch_size:
                 chunk, pending = (
                     pending[: self.upsert_batch_size],
                     pending[self.upsert_batch_size :],
                 )
-                written += ray.get(self.writer.upsert.remote(chunk))
+                written += send(chunk)
         if pending:
-            written += ray.get(self.writer.upsert.remote(pending))
+            written += send(pending)
         return written
 
     def on_write_complete(self, write_result: Any) -> None:
