@@ -242,6 +242,7 @@ def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
         num_frames=model.top_k,
         model_id=model.model_id,
         create=not settings.dry_run,
+        shared=True,
         prefer_grpc=settings.qdrant_grpc,
     )
 

@@ -18,7 +18,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from pipelines.settings import StoreSettings, parse_settings
-from pipelines.store import DEFAULT_QDRANT_PATH, open_store
+from pipelines.store import DEFAULT_QDRANT_PATH
+from pipelines.store.actor import open_store_or_owner
 from pipelines.store.base import LISTED_FIELDS, SCROLL_PAGE
 
 
@@ -27,6 +28,11 @@ class LsSettings(StoreSettings):
 
     collection: str = Field(description="Qdrant collection to list")  # type: ignore[assignment]
     uri_prefix: str | None = Field(None, description="list only videos whose URI starts with it")
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster whose store actor owns the folder, when a job or the server "
+        "holds it (default: RAY_ADDRESS)",
+    )
     json_lines: bool = Field(
         False, description="one JSON object per video on stdout (the count goes to stderr)"
     )
@@ -96,18 +102,20 @@ def write_listing(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``adaclip ls`` and ``python -m pipelines.ls``."""
     settings = parse_settings(LsSettings, argv, "adaclip ls")
-    store = open_store(
-        qdrant_path=settings.qdrant_path or DEFAULT_QDRANT_PATH,
-        qdrant_url=settings.qdrant_url,
-        api_key=settings.qdrant_api_key,
-    )
-    try:
-        store.open_collection(settings.collection)
-        rows = store.iter_videos(settings.uri_prefix)
-        write_listing(rows, settings.collection, settings.json_lines, sys.stdout, sys.stderr)
-    except LookupError as exc:
+    try:  # the folder itself, or its store actor when a job or the server holds it
+        store = open_store_or_owner(
+            settings.qdrant_path or DEFAULT_QDRANT_PATH,
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            settings.collection,
+            settings.ray_address,
+        )
+    except (LookupError, RuntimeError) as exc:
         print(f"adaclip ls: {exc}", file=sys.stderr)
         return 1
+    try:
+        rows = store.iter_videos(settings.uri_prefix)
+        write_listing(rows, settings.collection, settings.json_lines, sys.stdout, sys.stderr)
     finally:
         store.close()
     return 0

@@ -64,6 +64,7 @@ class StoreTarget:
     num_frames: int
     model_id: str
     create: bool = True  # False (dry run): bind an existing collection only, write nothing
+    shared: bool = False  # an embedded folder on Ray: through its store actor (made if none)
     prefer_grpc: bool = True  # server backend: gRPC when its port answers, else REST
 
     def _open_store(self) -> VideoStore:
@@ -73,7 +74,7 @@ class StoreTarget:
             return ServerVideoStore(
                 url=self.qdrant_url, api_key=self.api_key, prefer_grpc=self.prefer_grpc
             )
-        return open_store(self.qdrant_path, None, self.api_key)
+        return open_store(self.qdrant_path, None, self.api_key, create_owner=self.shared)
 
     def open_writer(self) -> VideoStore:
         """A write task's own connection to an existing collection (server backend).
@@ -234,6 +235,14 @@ class StoreWriter:
         if mark_run and known:
             store.mark_seen(list(known), mark_run)
         return known
+
+    def delete(self, uris: list[str]) -> int:
+        """Delete these URIs' points (durable on return); how many the store held."""
+        return self._require().delete(uris)
+
+    def flush(self) -> None:
+        """Make every write so far durable on disk."""
+        self._require().flush()
 
     def record_failures(self, failures: list[FailedVideo]) -> int:
         """Store permanent failures (not downloaded again at the same etag)."""

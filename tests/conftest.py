@@ -52,3 +52,21 @@ def ray_cluster() -> Iterator[Any]:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_store_actors() -> Iterator[None]:
+    """End the detached store actors a test module started (they outlive jobs by design)."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    from pipelines.store.actor import list_store_actors, stop_store_actor
+
+    for _, handle in list_store_actors():
+        try:
+            stop_store_actor(handle, timeout_s=30)
+        except Exception:  # already ending: killed anyway
+            pass

@@ -52,13 +52,19 @@ def open_store(
     qdrant_path: str | None = None,
     qdrant_url: str | None = None,
     api_key: str | None = None,
+    create_owner: bool = False,
 ) -> VideoStore:
     """The video store the settings point at.
+
+    An embedded folder is reached through its store actor (`pipelines.store.actor`) when
+    this process is on a Ray cluster and the actor runs, or `create_owner` asks to start
+    it; otherwise it is opened in this process.
 
     Args:
         qdrant_path: folder of the embedded index (default `./.adaclip/qdrant`).
         qdrant_url: URL of a Qdrant server; when given, it wins over `qdrant_path`.
         api_key: the server's API key.
+        create_owner: on a Ray cluster, start the folder's store actor if none runs.
 
     Returns:
         An unbound store: call `ensure_collection` (writers) or `open_collection` (readers).
@@ -67,6 +73,11 @@ def open_store(
         from pipelines.store.server import ServerVideoStore
 
         return ServerVideoStore(url=qdrant_url, api_key=api_key)
+    from pipelines.store.actor import shared_store
+
+    shared = shared_store(qdrant_path, create=create_owner)
+    if shared is not None:
+        return shared
     return EdgeVideoStore(qdrant_path or DEFAULT_QDRANT_PATH)
 
 

@@ -62,6 +62,9 @@ class ModelMismatchError(ValueError):
         )
         self.collection, self.stored, self.given = collection, stored, given
 
+    def __reduce__(self) -> tuple[Any, ...]:  # raised across Ray processes (store actor)
+        return (type(self), (self.collection, self.stored, self.given))
+
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
@@ -438,6 +441,18 @@ class VideoStore(abc.ABC):
         _ = self.collection
         if uris:
             self._set_payload([point_id_for(u) for u in uris], {"seen_run": run_id})
+
+    def delete(self, uris: Sequence[str]) -> int:
+        """Delete the videos (or failure records) of `uris`, durable on return; how many of
+        them the collection held."""
+        _ = self.collection
+        held = self.lookup(uris)
+        if held:
+            self._delete_points([point_id_for(u) for u in held])
+        return len(held)
+
+    def flush(self) -> None:
+        """Make every write so far durable on disk (a no-op where writes already are)."""
 
     def record_failures(self, failures: Sequence[FailedVideo]) -> None:
         """Store failure records (points without vectors); a stored video of the same URI is

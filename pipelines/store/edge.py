@@ -63,6 +63,26 @@ def _edge_filter(flt: Filter, exclude: Filter = ()) -> qe.Filter | None:
     )
 
 
+def _wal_locked(folder: Path) -> bool:
+    """Whether another open shard (this process or another) holds ``folder``'s WAL lock.
+
+    ``EdgeShard.load`` of a held shard fails only after it has opened (and rewritten) the
+    segments' files under the holder's feet, so the lock is probed first: the WAL folder is
+    flock'ed exclusively while a shard is open.
+    """
+    try:
+        fd = os.open(folder / "wal", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's shared lock
+    return False
+
+
 class EdgeVideoStore(VideoStore):
     """Video store on a local folder (default `./.adaclip/qdrant`), one shard per collection."""
 
@@ -78,6 +98,11 @@ class EdgeVideoStore(VideoStore):
         self._require().flush()
         return changed
 
+    def flush(self) -> None:
+        """Write the shard's segments and write-ahead log to disk."""
+        if self._shard is not None:
+            self._shard.flush()
+
     def _require(self) -> qe.EdgeShard:
         if self._shard is None:
             raise RuntimeError("no collection bound: call ensure_collection() first")
@@ -92,6 +117,8 @@ class EdgeVideoStore(VideoStore):
         folder = self.path / name
         try:
             if (folder / _CONFIG_FILE).exists():
+                if _wal_locked(folder):  # loading a held shard would damage the holder's files
+                    raise RuntimeError("WouldBlock: the shard's write-ahead log is locked")
                 shard = qe.EdgeShard.load(str(folder))
             elif create:
                 folder.parent.mkdir(parents=True, exist_ok=True)
