@@ -175,7 +175,7 @@ def build_dataset(
         dry_run=dry_run,
         limited=settings.limit is not None,
     )
-    ds: Any = listing_dataset(spec, driver_node, failures)
+    ds: Any = listing_dataset(spec, on_driver_node=True, failures=failures)
     ds = ds.map_batches(
         plan_batch,
         fn_kwargs={"owner": job.owner, "report": job.report, "spec": plan},
@@ -242,8 +242,8 @@ def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
         num_frames=model.top_k,
         model_id=model.model_id,
         create=not settings.dry_run,
-        shared=True,
         prefer_grpc=settings.qdrant_grpc,
+        shared=True,
     )
 
 

@@ -50,6 +50,7 @@ TABLE_MANIFESTS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".parquet
 # First characters that split a key space into ranges, in S3's (UTF-8 binary) order.
 SPLIT_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 HEAD_THREADS = 16  # parallel HEADs per manifest task
+LISTING_TASK_CPUS = 0.1  # listing waits on the network
 
 KeyRange = tuple[str | None, str | None]
 
@@ -195,24 +196,23 @@ def listing_datasource(spec: SourceSpec) -> Any:
     return _Listing()
 
 
-def listing_dataset(spec: SourceSpec, driver_node: str | None = None, failures: Any = None) -> Any:
+def listing_dataset(spec: SourceSpec, on_driver_node: bool = True, failures: Any = None) -> Any:
     """The listing rows of ``spec`` as a streaming Ray Data dataset.
 
     Args:
         spec: what to list.
-        driver_node: node id of the driver; local folders and local manifests are read on
-            it (their paths are the driver's).
+        on_driver_node: read local folders and local manifests on the driver's node (their
+            paths are the driver's), through its ``node:<ip>`` resource.
         failures: a ``FailureReporter`` for manifest entries that cannot be stat'ed.
     """
     import ray
 
-    remote_args: dict[str, Any] = {"num_cpus": 0.1}
-    if spec.kind != "s3" and not is_s3_uri(spec.source) and driver_node:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        remote_args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(driver_node, soft=False)
+    remote_args: dict[str, Any] = {"num_cpus": LISTING_TASK_CPUS}
+    if spec.kind != "s3" and not is_s3_uri(spec.source) and on_driver_node:
+        ip = ray.util.get_node_ip_address()
+        remote_args["resources"] = {f"node:{ip}": 0.001}
     if spec.kind != "manifest":
-        return ray.data.read_datasource(listing_datasource(spec), ray_remote_args=remote_args)
+        return ray.data.read_datasource(listing_datasource(spec), **remote_args)
     return _manifest_dataset(spec, remote_args, failures)
 
 
@@ -222,13 +222,13 @@ def _manifest_dataset(spec: SourceSpec, remote_args: dict[str, Any], failures: A
     path = str(local_path(spec.source).expanduser().resolve())
     fmt = TABLE_MANIFESTS.get(Path(path).suffix.lower())
     if fmt == "csv":
-        ds = ray.data.read_csv(path, ray_remote_args=remote_args)
+        ds = ray.data.read_csv(path, **remote_args)
     elif fmt == "json":
-        ds = ray.data.read_json(path, ray_remote_args=remote_args, file_extensions=None)
+        ds = ray.data.read_json(path, file_extensions=None, **remote_args)
     elif fmt == "parquet":
-        ds = ray.data.read_parquet(path, ray_remote_args=remote_args)
+        ds = ray.data.read_parquet(path, **remote_args)
     else:
-        ds = ray.data.read_text(path, ray_remote_args=remote_args).map_batches(
+        ds = ray.data.read_text(path, **remote_args).map_batches(
             _text_lines_to_uris, batch_format="pyarrow", **remote_args
         )
     return ds.map_batches(
