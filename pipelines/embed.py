@@ -57,9 +57,13 @@ def failure_row(
 
 
 def decode_object(
-    fetcher: ObjectFetcher, uri: str, spec: DecodeSpec
+    fetcher: ObjectFetcher, uri: str, spec: DecodeSpec, size_hint: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fetch one object and decode its candidates: frames (N,S,S,3), timestamps (N,), duration."""
+    """Fetch one object and decode its candidates: frames (N,S,S,3), timestamps (N,), duration.
+
+    ``size_hint`` (the listed size; 0 or None: unknown) lets a large object be read through
+    ranged GETs instead of downloaded whole.
+    """
     from adaclip.decode import decode_candidates
 
     if spec.frames_dir:
@@ -69,7 +73,7 @@ def decode_object(
             uri, spec.num_candidates, spec.frame_size, fps=spec.frames_fps
         )
         return video.frames, video.timestamps.astype(np.float64), float(video.duration)
-    with fetcher.fetch(uri) as fh:
+    with fetcher.fetch(uri, size_hint=size_hint) as fh:
         video = decode_candidates(fh, spec.num_candidates, spec.frame_size, threads=spec.threads)
     return video.frames, video.timestamps.astype(np.float64), float(video.duration)
 
@@ -98,7 +102,9 @@ class DecodeVideos:
         for i, uri in enumerate(batch["uri"]):
             known = (str(batch["etag"][i]), int(batch["size_bytes"][i]))
             try:
-                frames, timestamps, duration = decode_object(self.fetcher, str(uri), self.spec)
+                frames, timestamps, duration = decode_object(
+                    self.fetcher, str(uri), self.spec, size_hint=known[1] or None
+                )
             except FetchError as err:
                 failures.append(failure_row(str(uri), "fetch", err, *known))
                 continue

@@ -194,6 +194,7 @@ def build_dataset(
         s3_endpoint_url=settings.s3_endpoint_url,
         max_retries=settings.max_retries,
         spool_threshold_bytes=settings.spool_threshold_mb << 20,
+        ranged_min_bytes=(settings.ranged_read_mb << 20) if settings.ranged_read_mb > 0 else None,
     )
     decode = DecodeSpec(
         job.model.num_candidates,

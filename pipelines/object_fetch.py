@@ -12,6 +12,12 @@ by. Retries are botocore's: its "standard" retry mode re-sends a request after t
 missing objects and permission errors are not retried. botocore does not retry a body whose
 connection drops half-way, so the one retry written here resumes such a body with a ranged
 GET pinned to the object's ETag (``If-Match``), never stitching two versions together.
+
+Large objects (``ranged_min_bytes`` and up, when the caller knows the size from the
+listing) are not downloaded at all: ``fetch`` yields a :class:`~pipelines.ranged_object.
+RangedObject`, a seekable file over ranged GETs with read-ahead and the ETag pinned, and
+the decoder reads only the header, the index and the GOPs of its N candidates. Below that
+size one GET of the whole object costs less than the round trips of many ranges.
 """
 
 from __future__ import annotations
@@ -319,6 +325,9 @@ class ObjectFetcher:
             picklable. Default :func:`s3_client`. Tests pass one that adds fault-injecting
             event hooks to a real client.
         chunk_bytes: read size of the body.
+        ranged_min_bytes: objects of at least this size (as the caller's ``size_hint``
+            says) are read through ranged GETs instead of downloaded; None: never.
+        ranged_block_bytes: the ranged reader's block size and first read-ahead window.
     """
 
     def __init__(
@@ -331,6 +340,8 @@ class ObjectFetcher:
         *,
         client_factory: Callable[[str | None, int], Any] | None = None,
         chunk_bytes: int = 1 << 20,
+        ranged_min_bytes: int | None = 32 << 20,
+        ranged_block_bytes: int = 256 << 10,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -341,6 +352,8 @@ class ObjectFetcher:
         self.backoff_base_s = backoff_base_s
         self.client_factory = client_factory or _standard_retry_client
         self.chunk_bytes = chunk_bytes
+        self.ranged_min_bytes = ranged_min_bytes
+        self.ranged_block_bytes = ranged_block_bytes
         self._client: Any = None
         self._lock = threading.Lock()
         self._sent = threading.local()  # .requests: HTTP requests of this thread's fetch
@@ -401,9 +414,23 @@ class ObjectFetcher:
         head = self._call(uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
         return ObjectStat(int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
+    def reads_ranges(self, uri: str, size_hint: int | None) -> bool:
+        """Whether :meth:`fetch` reads ``uri`` through ranged GETs rather than downloading it."""
+        return (
+            is_s3_uri(uri)
+            and self.ranged_min_bytes is not None
+            and size_hint is not None
+            and size_hint >= self.ranged_min_bytes
+        )
+
     @contextmanager
-    def fetch(self, uri: str) -> Iterator[BinaryIO]:
+    def fetch(self, uri: str, size_hint: int | None = None) -> Iterator[BinaryIO]:
         """Open ``uri`` as a seekable binary file for the duration of the context.
+
+        Args:
+            uri: ``s3://`` URI or local path.
+            size_hint: the object's size as listed, if known: from ``ranged_min_bytes`` on
+                the file reads ranges on demand (:meth:`reads_ranges`).
 
         Raises:
             ObjectNotFoundError, AccessDeniedError, TransientStorageError,
@@ -415,7 +442,10 @@ class ObjectFetcher:
             return
         spool: list[str] = []  # the temp file path, once created
         try:
-            f = self._download(uri, spool)
+            if self.reads_ranges(uri, size_hint):
+                f = self._open_ranged(uri, spool)
+            else:
+                f = self._download(uri, spool)
             with f:
                 yield f
         finally:
@@ -446,6 +476,37 @@ class ObjectFetcher:
             out.close()
             raise
         return out
+
+    def _open_ranged(self, uri: str, spool: list[str]) -> BinaryIO:
+        """A :class:`RangedObject` over ``uri``; a whole download if ranges are ignored."""
+        from pipelines.ranged_object import RangedObject, RangeNotSupported
+
+        bucket, key = split_s3_uri(uri)
+        self._sent.requests = 0
+        try:
+            return RangedObject.open(
+                self.client,
+                uri,
+                bucket,
+                key,
+                block_bytes=self.ranged_block_bytes,
+                max_retries=self.max_retries,
+            )  # type: ignore[return-value]
+        except RangeNotSupported as whole:
+            log.info("%s: the endpoint ignores Range; downloading the object whole", uri)
+            resp = whole.response
+            out = (
+                self._spool_file(uri, spool)
+                if int(resp.get("ContentLength", 0)) > self.spool_threshold_bytes
+                else io.BytesIO()
+            )
+            try:
+                self._read_body(uri, resp, out)
+                out.seek(0)
+            except BaseException:
+                out.close()
+                raise
+            return out
 
     def _read_body(self, uri: str, resp: dict[str, Any], out: BinaryIO) -> None:
         """Copy a GET's body into ``out``; where it breaks, GET the rest of the same ETag."""

@@ -108,6 +108,11 @@ class IndexSettings(StoreSettings):
         description='custom Ray resources per model actor, e.g. {"gpu_node": 0.01}',
     )
     spool_threshold_mb: int = Field(64, description="objects larger than this are spooled to disk")
+    ranged_read_mb: int = Field(
+        32,
+        description="objects of at least this many MB are decoded through ranged GETs (only "
+        "the bytes the decoder needs) instead of downloaded whole; 0: never",
+    )
     max_retries: int = Field(
         5,
         description="retries of an S3 request after throttling, 5xx or a dropped connection "
