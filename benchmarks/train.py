@@ -7,6 +7,8 @@ the same global batch and epochs, in one local Ray cluster. From each run's hist
 
 * training samples/s per epoch (``samples_per_second``: optimiser steps only, validation
   excluded), the median over the cached epochs (all but the first), and the 2-vs-1 ratio;
+* the fraction of an epoch rank 0 spent waiting for its next batch (``data_wait_fraction``:
+  batches arrive as torch tensors, prefetched, pinned on a GPU);
 * the first pass over the data, ``decode_seconds`` (Ray Data decodes and materialises the
   candidates once, before training) plus epoch 0, against the median later epoch, which
   reads the materialised frames and decodes nothing.
@@ -17,7 +19,10 @@ Run it ONLY as a module from the repository root::
 
 Running the file itself (``python benchmarks/train.py``) puts ``benchmarks/`` first on
 ``sys.path``, where this file shadows the top-level ``train`` package it imports.
-The last line is ``train_scaling_2w_vs_1w: <ratio>``.
+Then one training step of ViT-B-32 at N=32, K=16 (``--step-*``), CLIP's graph on all N
+candidates (the forward before) against the K picked ones only: step time and peak memory.
+The last line is ``train_scaling_2w_vs_1w: <ratio> train_step_time_ratio_n32k16: <R>
+train_peak_mem_ratio_n32k16: <M>`` (``--skip-scaling``: the step figures only).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def _summary(result: Any) -> dict[str, Any]:
         "epoch0_sps": history[0]["samples_per_second"],
         "sps": statistics.median(r["samples_per_second"] for r in later),
         "sps_all": [round(r["samples_per_second"], 1) for r in history],
+        "wait": statistics.median(r["data_wait_fraction"] for r in later),
         "val_r1": history[-1]["val"]["t2v_R1"],
     }
 
@@ -161,18 +167,51 @@ def step_variant(variant: str, arch: str, n: int, k: int, batch: int, steps: int
     }
 
 
+def interleaved_step_times(arch: str, n: int, k: int, batch: int, steps: int) -> dict:
+    """Median step time of both forwards in ONE process, steps alternating between them,
+    so a change of machine load during the run hits both alike."""
+    import torch
+
+    from adaclip.commands import build_init_config
+    from adaclip.model import AdaCLIP
+    from train.loop import LoopConfig, build_optimizer, contrastive_loss
+
+    torch.manual_seed(0)
+    model = AdaCLIP(build_init_config(arch, num_candidates=n, top_k=k, frame_agg="mlp")).train()
+    cfg = LoopConfig(model_config={}, num_epochs=1, global_batch_size=batch, num_train_videos=1)
+    optimizer = build_optimizer(model, cfg)
+    size = model.image_size
+    frames = torch.randint(0, 256, (batch, n, size, size, 3), dtype=torch.uint8)
+    tokens = model.tokenize([f"a video of thing number {i}" for i in range(batch)])
+    times: dict[str, list[float]] = {"all": [], "selected": []}
+    for step in range(steps + 1):  # round 0 warms up both: not timed
+        for variant in ("all", "selected") if step % 2 == 0 else ("selected", "all"):
+            start = time.perf_counter()
+            out = model(frames, tokens, tau=1.0, grad_all_frames=variant == "all")
+            loss = contrastive_loss(model, out)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step > 0:
+                times[variant].append(time.perf_counter() - start)
+    return {variant: statistics.median(t) for variant, t in times.items()}
+
+
 def run_step_benchmark(args: argparse.Namespace) -> dict[str, dict]:
-    """Both forwards, each in its own fresh process (peak memory is per process)."""
+    """Peak memory of each forward in its own fresh process (a peak is per process), then
+    step times of both, interleaved in one process."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
+    shape = (args.step_arch, args.step_n, args.step_k, args.step_batch)
     out = {}
     for variant in ("all", "selected"):
         with ctx.Pool(1) as pool:
-            out[variant] = pool.apply(
-                step_variant,
-                (variant, args.step_arch, args.step_n, args.step_k, args.step_batch, args.steps),
-            )
+            out[variant] = pool.apply(step_variant, (variant, *shape, 1))
+    with ctx.Pool(1) as pool:
+        times = pool.apply(interleaved_step_times, (*shape, args.steps))
+    for variant, seconds in times.items():
+        out[variant]["step_s"] = seconds
     return out
 
 
@@ -183,8 +222,10 @@ def step_report(steps: dict[str, dict], args: argparse.Namespace) -> tuple[list[
     lines = [
         "",
         f"Training step, {args.step_arch}, N={args.step_n}, K={args.step_k}, batch "
-        f"{args.step_batch}, policy + MLP-Score, AdamW; median of {args.steps} steps after "
-        f"one untimed step, each forward in its own process ({old['threads']} torch threads):",
+        f"{args.step_batch}, policy + MLP-Score, AdamW ({old['threads']} torch threads). Step "
+        f"time: median of {args.steps} steps per forward after one untimed round, the two "
+        "forwards alternating in one process. Peak memory: each forward in its own fresh "
+        "process, the second step (optimiser state allocated):",
         "",
         "| CLIP forward | step time | peak memory (process) | growth during a step |",
         "| --- | ---: | ---: | ---: |",
@@ -228,14 +269,14 @@ def scaling_report(out: dict[str, Any], args: argparse.Namespace) -> tuple[list[
         f"{args.batch_size}, Ray cluster of {args.cpus} CPUs, 0.5 CPU per worker, gloo.",
         "",
         "| workers | steps/epoch x local batch | samples/s (median, epochs >= 1) | "
-        "samples/s per epoch | decode (train+val) | epoch 0 | later epoch (median) | "
-        "val R@1 (last) |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "samples/s per epoch | data wait (median, epochs >= 1) | decode (train+val) | "
+        "epoch 0 | later epoch (median) | val R@1 (last) |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in (s1, s2):
         lines.append(
             f"| {s['workers']} | {s['steps']} x {s['local_batch']} | {s['sps']:.1f} | "
-            f"{s['sps_all']} | {s['decode_s']:.1f} s | {s['epoch0_s']:.1f} s | "
+            f"{s['sps_all']} | {100 * s['wait']:.1f}% | {s['decode_s']:.1f} s | {s['epoch0_s']:.1f} s | "
             f"{s['later_s']:.1f} s | {s['val_r1']:.1f} |"
         )
     lines += [

@@ -93,6 +93,41 @@ def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
     )
 
 
+def embeddings_to_rows(emb: Embeddings) -> dict[str, np.ndarray]:
+    """One row per video (its captions' embeddings in an object column): how embeddings
+    computed in Ray Data actors travel back to the driver."""
+    texts = np.empty(len(emb.video_ids), dtype=object)
+    for i in range(len(emb.video_ids)):
+        texts[i] = emb.texts[torch.as_tensor(emb.query_to_video == i)].numpy()  # (C_i, D)
+    nan = torch.full((len(emb.video_ids),), float("nan"))
+    return {
+        "video_id": np.asarray(emb.video_ids, dtype=object),
+        "video": emb.videos.numpy(),  # (V, D)
+        "frames": emb.frames.numpy(),  # (V, K, D)
+        "kept": emb.kept.numpy(),  # (V, K)
+        "entropy": (emb.entropy if emb.entropy is not None else nan).numpy(),  # (V,)
+        "texts": texts,
+    }
+
+
+def rows_to_embeddings(rows: dict[str, Any]) -> Embeddings:
+    """Inverse of :func:`embeddings_to_rows` for one batch of rows."""
+    texts = [
+        np.asarray(t, dtype=np.float32).reshape(-1, rows["video"].shape[-1]) for t in rows["texts"]
+    ]
+    q2v = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, t in enumerate(texts)])
+    entropy = torch.as_tensor(np.asarray(rows["entropy"], dtype=np.float32))
+    return Embeddings(
+        video_ids=[str(v) for v in rows["video_id"]],
+        videos=torch.as_tensor(np.asarray(rows["video"], dtype=np.float32)),
+        frames=torch.as_tensor(np.asarray(rows["frames"], dtype=np.float32)),
+        texts=torch.as_tensor(np.concatenate(texts)),
+        query_to_video=q2v,
+        kept=torch.as_tensor(np.asarray(rows["kept"], dtype=np.int64)),
+        entropy=None if bool(torch.isnan(entropy).any()) else entropy,
+    )
+
+
 def embed_batches(model: AdaCLIP, batches: Iterable[dict[str, Any]]) -> Embeddings:
     """Encode every video (K kept frames only) and every caption of a split.
 
@@ -122,6 +157,11 @@ def evaluate_batches(model: AdaCLIP, batches: Iterable[dict[str, Any]]) -> dict[
     start = time.perf_counter()
     emb = embed_batches(model, batches)
     return _finish(model, emb, start)
+
+
+def evaluate_embeddings(model: AdaCLIP, parts: list[Embeddings]) -> dict[str, Any]:
+    """Score embeddings computed elsewhere (e.g. by Ray Data actors), merged canonically."""
+    return _finish(model, merge_embeddings(parts), time.perf_counter())
 
 
 def evaluate_sharded(

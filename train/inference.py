@@ -3,8 +3,8 @@
 ``adaclip eval --zero-shot --arch ViT-B-32 --clip-weights FILE`` tests plain CLIP instead.
 
 Decodes the split with the same Ray Data stage as training (N from the checkpoint), runs
-the inference path of the model (policy top-k, CLIP on the K kept frames) in the driver
-and writes ``<output>/reports/<split>_<model_id>.json``.
+the inference path of the model (policy top-k, CLIP on the K kept frames) in Ray Data
+actors (a GPU each with ``--use-gpu``), scores the gathered embeddings once and writes ``<output>/reports/<split>_<model_id>.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from train.data import decode_options, decode_split
-from train.evaluate import evaluate_batches, format_metrics, write_report
+from train.evaluate import (
+    embed_batch,
+    embeddings_to_rows,
+    evaluate_embeddings,
+    format_metrics,
+    rows_to_embeddings,
+    write_report,
+)
 from train.settings import EvalSettings, TrainSettings, parse_with_config
 
 logger = logging.getLogger(__name__)
@@ -43,10 +50,7 @@ def run_inference(
     decoded = decode_split(
         settings.annotations_dir, split, settings.dataset, settings.videos_root, options
     )
-    batches = decoded.dataset.iter_batches(
-        batch_size=settings.eval_batch_size, batch_format="numpy"
-    )
-    metrics = evaluate_batches(model, batches)
+    metrics = evaluate_on_workers(settings, checkpoint, decoded.dataset, model)
     meta = {
         "checkpoint": checkpoint,
         "model_id": model.model_id,
@@ -60,6 +64,50 @@ def run_inference(
     write_report(path, metrics, **meta)
     logger.info("%s on %s: %s (report %s)", checkpoint, split, format_metrics(metrics), path)
     return {"metrics": metrics, "report": str(path), **meta}
+
+
+class EmbedVideos:
+    """Ray Data UDF: decoded rows -> per-video embeddings; loads the checkpoint once."""
+
+    def __init__(self, checkpoint: str, s3_endpoint_url: str | None, use_gpu: bool) -> None:
+        from adaclip.checkpoint import load_checkpoint
+        from pipelines.checkpoints import fetch_checkpoint
+
+        self.model = load_checkpoint(fetch_checkpoint(checkpoint, s3_endpoint_url))
+        if use_gpu:
+            self.model.to("cuda")
+        self.model.eval()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return embeddings_to_rows(embed_batch(self.model, batch))
+
+
+def evaluate_on_workers(
+    settings: TrainSettings | EvalSettings, checkpoint: str, dataset: Any, model: Any
+) -> dict[str, Any]:
+    """Encode the split's videos and captions in Ray Data actors (one GPU each with
+    ``--use-gpu``, as many as training workers); the driver only merges the embeddings
+    and scores them once, with the metrics of :func:`train.evaluate.evaluate_batches`."""
+    import ray.data
+
+    use_gpu = bool(getattr(settings, "use_gpu", False))
+    workers = getattr(settings, "workers", 1)
+    actors = workers[1] if isinstance(workers, tuple) else int(workers)
+    embedded = dataset.map_batches(
+        EmbedVideos,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "s3_endpoint_url": settings.s3_endpoint_url,
+            "use_gpu": use_gpu,
+        },
+        batch_size=settings.eval_batch_size,
+        batch_format="numpy",
+        num_cpus=None if use_gpu else float(getattr(settings, "cpus_per_worker", 1.0)),
+        num_gpus=1 if use_gpu else None,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+    )
+    parts = [rows_to_embeddings(rows) for rows in embedded.iter_batches(batch_format="numpy")]
+    return evaluate_embeddings(model, parts)
 
 
 def compute_cost(model: Any, frame_size: int) -> dict[str, float]:

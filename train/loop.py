@@ -468,6 +468,7 @@ def _maybe_fail(cfg: LoopConfig, epoch: int, step: int, rank: int) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"worker killed at epoch {epoch}\n")
+    time.sleep(2.0)  # let the asynchronous upload of the last checkpoint land first
     os._exit(1)
 
 

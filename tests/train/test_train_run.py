@@ -101,6 +101,11 @@ def test_run_checkpoints_every_epoch_and_exports_best(first_run: Any, work: Path
         )
         assert set(report["metrics"]) >= VAL_KEYS
         assert report["metrics"]["num_videos"] == 6
+        # what the policy chose: validation (6 videos x K=4) and training (12 x 4) picks
+        assert sum(report["metrics"]["kept_position_histogram"]) == 6 * 4
+        assert 0.0 <= report["metrics"]["selection_entropy"] <= math.log(8)
+        assert sum(report["train_kept_position_histogram"]) == 12 * 4
+        assert 0.0 <= report["train_selection_entropy"] <= math.log(8)
 
 
 def test_killed_worker_is_survived(first_run: Any, work: Path) -> None:
@@ -144,18 +149,72 @@ def test_do_inference_reproduces_validation_metrics(
     assert test_report["metrics"]["num_videos"] == 2
 
 
-def test_elastic_run_starts_with_the_workers_that_fit(
-    ray_cluster: Any, synth_root: Path, work: Path
+def test_elastic_run_shrinks_and_keeps_the_worker_batch_bound(
+    ray_cluster: Any, synth_root: Path, work: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Several workers fit at first. After epoch 0 an actor asks for all but one worker's
+    CPUs and waits; the rank killed in epoch 2 takes the worker group down, the actor
+    takes the freed CPUs, and the group restarts with the one worker that still fits: the
+    world size really changes, the per-worker batch stays within --max-worker-batch, and
+    the global batch and learning rates follow the batch plan."""
+    import threading
+
+    import ray
+
+    from train.run import run_training
+
+    args = flags(synth_root, work, "elastic", "--num-epochs", "3", "--num-workers", "1,4")
+    s = settings(
+        *args, "--cpus-per-worker", "0.6", "--batch-size", "6", "--max-worker-batch", "2",
+        "--inject-failure-at-epoch", "2", "--max-failures", "2",
+    )  # fmt: skip
+    assert s.workers == (1, 4)
+    free = ray.available_resources().get("CPU", 0.0)  # what the run may take
+
+    @ray.remote(num_cpus=max(0.1, free - 0.65))  # leaves room for exactly one worker
+    class CapacityTaker:
+        def ready(self) -> bool:
+            return True
+
+    taken: list[Any] = []
+    stop = threading.Event()
+    first_checkpoint = work / "storage" / "elastic" / "epoch_0000"
+
+    def take_capacity_after_epoch_0() -> None:
+        while not stop.wait(0.1):
+            if first_checkpoint.is_dir():
+                taken.append(CapacityTaker.remote())  # pending until the group is gone
+                return
+
+    watcher = threading.Thread(target=take_capacity_after_epoch_0, daemon=True)
+    watcher.start()
+    try:
+        result = run_training(s)
+    finally:
+        stop.set()
+        for actor in taken:
+            ray.kill(actor)
+    worlds = [r["world_size"] for r in result.history]
+    assert taken and worlds[0] == worlds[1] >= 2 and worlds[2] == 1, worlds
+    assert all(r["local_batch_size"] == 2 for r in result.history)  # the bound holds
+    assert [r["global_batch_size"] for r in result.history] == [2 * worlds[0]] * 2 + [2]
+    assert result.history[2]["lr_scale"] == pytest.approx(math.sqrt(2 / 6))
+    assert result.history[2]["steps"] == 6  # 12 videos, 2 per step
+    out = capfd.readouterr().out
+    assert "batch plan: world size 1: 2 videos per worker, global batch 2" in out
+    assert Path(result.best_checkpoint, "model.safetensors").is_file()
+
+
+def test_changed_config_and_no_resume_are_refused(
+    first_run: Any, synth_root: Path, work: Path
 ) -> None:
     from train.run import run_training
 
-    args = flags(synth_root, work, "elastic", "--num-epochs", "1", "--num-workers", "1,4")
-    s = settings(*args, "--cpus-per-worker", "0.6")  # at most 3 workers fit in 2 CPUs
-    assert s.workers == (1, 4)
-    result = run_training(s)
-    assert [r["epoch"] for r in result.history] == [0]
-    assert 1 <= result.history[0]["world_size"] <= 3
-    assert Path(result.best_checkpoint, "model.safetensors").is_file()
+    base = flags(synth_root, work, "run", "--num-epochs", "3", "--num-workers", "2")
+    with pytest.raises(ValueError, match="already exists"):
+        run_training(settings(*base, "--no-resume"))
+    with pytest.raises(ValueError, match=r"another configuration \(changed: lr\)"):
+        run_training(settings(*base, "--lr", "0.5"))
 
 
 def test_do_inference_from_frame_folders_reports_gflops(

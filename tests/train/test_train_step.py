@@ -199,3 +199,31 @@ def test_init_checkpoint_starts_from_its_weights(tmp_path: Any) -> None:
     model = build_model(cfg)
     for (name, a), b in zip(model.named_parameters(), source.parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_embeddings_travel_as_rows_and_merge_in_canonical_order() -> None:
+    import numpy as np
+
+    from train.evaluate import Embeddings, embeddings_to_rows, merge_embeddings, rows_to_embeddings
+
+    def part(ids: list[str], captions: list[int], seed: int) -> Embeddings:
+        gen = torch.Generator().manual_seed(seed)
+        q2v = np.concatenate([np.full(c, i) for i, c in enumerate(captions)])
+        return Embeddings(
+            video_ids=ids,
+            videos=torch.randn(len(ids), 4, generator=gen),
+            frames=torch.randn(len(ids), 2, 4, generator=gen),
+            texts=torch.randn(len(q2v), 4, generator=gen),
+            query_to_video=q2v,
+            kept=torch.randint(0, 8, (len(ids), 2), generator=gen),
+            entropy=torch.rand(len(ids), generator=gen),
+        )
+
+    a, b = part(["v3", "v1"], [2, 1], 0), part(["v2"], [3], 1)
+    back = [rows_to_embeddings(embeddings_to_rows(p)) for p in (b, a)]
+    merged, direct = merge_embeddings(back), merge_embeddings([a, b])
+    assert merged.video_ids == direct.video_ids == ["v1", "v2", "v3"]
+    assert merged.query_to_video.tolist() == [0, 1, 1, 1, 2, 2]
+    for field in ("videos", "frames", "texts", "kept", "entropy"):
+        torch.testing.assert_close(getattr(merged, field), getattr(direct, field))
+    torch.testing.assert_close(merged.texts[0], a.texts[2])  # v1's caption
