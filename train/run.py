@@ -10,6 +10,7 @@ per validation epoch. Re-running with the same storage path and name resumes the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -194,29 +195,12 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
         ray.init(address=settings.ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = settings.progress_bars
     model_config = build_model_config(settings)
-    options = decode_options(settings, model_config.num_candidates)
-    splits: dict[str, DecodedSplit] = {}
-    for role, split in (("train", settings.train_split), ("val", settings.val_split)):
-        splits[role] = decode_split(
-            settings.annotations_dir, split, settings.dataset, settings.videos_root, options
-        )
-        logger.info(
-            "decoded %s split %s: %d videos in %.1fs (%d left out)",
-            role,
-            split,
-            splits[role].num_videos,
-            splits[role].decode_seconds,
-            len(splits[role].failures),
-        )
     out = Path(settings.output)
-    failures = [{"split": s.name, **f} for s in splits.values() for f in s.failures]
-    _write_failures(out, failures)
-
     loop = LoopConfig(
         model_config=model_config.to_dict(),
         num_epochs=settings.num_epochs,
         global_batch_size=settings.batch_size,
-        num_train_videos=splits["train"].num_videos,
+        num_train_videos=0,  # set once the split is decoded
         lr=settings.lr,
         clip_lr=settings.clip_lr,
         weight_decay=settings.weight_decay,
@@ -231,6 +215,24 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
         fail_marker=str((out / "injected_failure.marker").resolve()),
     )
     check_resume_config(settings, experiment_config(loop, settings))
+    options = decode_options(settings, model_config.num_candidates)
+    splits: dict[str, DecodedSplit] = {}
+    for role, split in (("train", settings.train_split), ("val", settings.val_split)):
+        splits[role] = decode_split(
+            settings.annotations_dir, split, settings.dataset, settings.videos_root, options
+        )
+        logger.info(
+            "decoded %s split %s: %d videos in %.1fs (%d left out)",
+            role,
+            split,
+            splits[role].num_videos,
+            splits[role].decode_seconds,
+            len(splits[role].failures),
+        )
+    failures = [{"split": s.name, **f} for s in splits.values() for f in s.failures]
+    _write_failures(out, failures)
+
+    loop = dataclasses.replace(loop, num_train_videos=splits["train"].num_videos)
     for line in describe_batch_plans(settings, loop.num_train_videos):
         print(f"[adaclip train] batch plan: {line}", flush=True)
     trainer = TorchTrainer(
