@@ -157,6 +157,11 @@ class SearchIngress:
             f"here ({info.device})" if self.inline is not None else "by TextEncoder",
         )
 
+    async def check_health(self) -> None:
+        """Serve's replica health check: a real encoder and store probe (raises when either
+        fails; Serve then replaces the replica). /readyz runs the same probes per call."""
+        await self.service.health()
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         from serve.api import create_api
 
@@ -212,6 +217,17 @@ def encoder_options(s: ServeSettings) -> dict[str, Any]:
         },
         "ray_actor_options": {"num_cpus": s.encoder_cpus, "num_gpus": 1 if use_gpu else 0},
         "max_ongoing_requests": max(s.max_ongoing_requests, 2 * s.max_batch_size),
+        **load_protection(s),
+    }
+
+
+def load_protection(s: ServeSettings) -> dict[str, Any]:
+    """Bounded queues (shed with 503 + Retry-After beyond them) and health probes."""
+    return {
+        "max_queued_requests": s.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
+        "health_check_period_s": s.health_check_period_s,
+        "health_check_timeout_s": max(30.0, 3 * s.health_check_period_s),
     }
 
 
@@ -226,6 +242,7 @@ def ingress_options(s: ServeSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         "max_ongoing_requests": s.max_ongoing_requests,
+        **load_protection(s),
     }
     if s.qdrant_url and s.ingress_max_replicas > 1:
         options["autoscaling_config"] = {

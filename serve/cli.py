@@ -29,7 +29,13 @@ def start_server(settings: ServeSettings) -> str:
             # read by the controller and the replicas of the local cluster started here
             os.environ[DIRECT_INGRESS_ENV] = "1"
         ray.init(address=settings.ray_address, log_to_driver=False)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(
+        http_options={
+            "host": settings.host,
+            "port": settings.port,
+            "request_timeout_s": settings.request_timeout_s,
+        }
+    )
     serve.run(
         app_from_settings(settings),
         name=settings.app_name,

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import CliPositionalArg
 
-from pipelines.settings import JobSettings, StoreSettings, default_collection, parse_settings
+from pipelines.settings import JobSettings, default_collection, parse_settings
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json")  # config last: a reader needs both
 
@@ -47,9 +47,9 @@ class AliasSettings(JobSettings):
 
     name: CliPositionalArg[str] = Field(description="logical collection name (the alias)")
     target: CliPositionalArg[str] = Field(description="physical collection it points at")
-    qdrant_path: str | None = StoreSettings.model_fields["qdrant_path"]
-    qdrant_url: str | None = StoreSettings.model_fields["qdrant_url"]
-    qdrant_api_key: str | None = StoreSettings.model_fields["qdrant_api_key"]
+    qdrant_path: str | None = Field(None, description="embedded Qdrant folder")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (wins over --qdrant-path)")
+    qdrant_api_key: str | None = Field(None, description="Qdrant server API key")
 
 
 def publish_checkpoint(checkpoint: str, dest: str, s3_endpoint_url: str | None = None) -> str:

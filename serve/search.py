@@ -175,6 +175,17 @@ class SearchService:
             "videos": count,
         }
 
+    async def health(self) -> None:
+        """Replica health: the encoder embeds a probe, and the bound store answers (a
+        replica whose model or store client stopped answering is replaced). Before the
+        first binding only the encoder is probed: /readyz says whether the store opens."""
+        try:
+            await asyncio.wait_for(self.embed("health probe"), timeout=self.ready_timeout_s)
+        except asyncio.TimeoutError as err:
+            raise UnavailableError("text encoder did not answer in time") from err
+        if self._binding is not None:
+            await self._with_store(self._binding, lambda store: store.count())
+
     @property
     def default_rerank(self) -> bool:
         """Re-rank by default only when the model's aggregator is query-dependent (Q-Score):

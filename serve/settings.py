@@ -55,6 +55,21 @@ class ServeSettings(StoreSettings):
     max_ongoing_requests: int = Field(
         64, ge=1, description="requests a replica accepts at once (more wait in the proxy)"
     )
+    max_queued_requests: int = Field(
+        32,
+        ge=1,
+        description=(
+            "requests each caller (proxy, ingress) queues per deployment beyond"
+            " max_ongoing_requests; more are shed with 503 + Retry-After"
+        ),
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a shed request, seconds")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="end-to-end HTTP request timeout of the Serve proxy, seconds"
+    )
+    health_check_period_s: float = Field(
+        10.0, gt=0, description="how often Serve probes each replica's encoder and store"
+    )
     use_gpu: bool | None = Field(
         None, description="give each encoder replica a GPU (default: when the cluster has one)"
     )

@@ -125,8 +125,9 @@ def test_pod_env_vars_are_settings_the_code_reads(
     stem: str, manifests: dict[str, dict[str, Any]]
 ) -> None:
     from pipelines.settings import IndexSettings
+    from serve.settings import ServeSettings
 
-    fields = set(IndexSettings.model_fields)
+    fields = set(IndexSettings.model_fields) | set(ServeSettings.model_fields)
     for name in env_names(manifests[stem]):
         if name.startswith("ADACLIP_"):
             assert name.removeprefix("ADACLIP_").lower() in fields, name
@@ -143,7 +144,19 @@ def test_secrets_come_from_one_secret_that_qdrant_also_uses(
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     refs.add((env["name"], ref["name"], ref["key"]))
-    assert refs == {("ADACLIP_QDRANT_API_KEY", "qdrant-api-key", "api-key")}
+    assert ("ADACLIP_QDRANT_API_KEY", "qdrant-api-key", "api-key") in refs
+    # the search API's key: only from its own Secret, never a literal in a manifest
+    assert refs <= {
+        ("ADACLIP_QDRANT_API_KEY", "qdrant-api-key", "api-key"),
+        ("ADACLIP_API_KEY", "adaclip-api-key", "api-key"),
+    }
+    service = manifests["rayservice"]
+    assert ("ADACLIP_API_KEY", "adaclip-api-key", "api-key") in {
+        (e["name"], e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for g in [cluster_spec(service)["headGroupSpec"]]
+        for e in containers(g)[0].get("env", [])
+        if "valueFrom" in e
+    }
     qdrant = load_yaml(INFRA / "qdrant" / "values.yaml")
     assert qdrant["apiKey"]["valueFrom"]["secretKeyRef"] == {
         "name": "qdrant-api-key",

@@ -100,3 +100,59 @@ def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -
         assert first > len(queries) / 2, f"own video first for {first}/{len(queries)}: {ranks}"
     finally:
         serve.shutdown()  # later tests start Serve with their own HTTP options
+
+
+def test_rerank_and_moments_on_the_trained_model(trained: dict[str, Any]) -> None:
+    """R@1 of the model's own order against Q-Score re-ranking over every held-out caption
+    (recorded in benchmarks/RESULTS.md), and moments: the same order and scores as a plain
+    search, each hit's best moment one of its kept frames."""
+    from pipelines.store import open_store
+    from serve.encoder import QueryEncoder
+
+    root, held_out = trained["root"], trained["held_out"]
+    qdrant = root / "moments_qdrant"
+    _index_held_out(trained, qdrant)
+    encoder = QueryEncoder(trained["checkpoint"])
+    store = open_store(qdrant_path=str(qdrant))
+    store.open_collection("held_out")
+    try:
+        first = {"cosine": 0, "rerank": 0}
+        queries = [(vid, text) for vid, entry in held_out.items() for text in entry["sentences"]]
+        for video_id, text in queries:
+            vector = encoder.encode([text])[0]
+            plain = store.search(vector, top_k=len(held_out))
+            reranked = store.search(
+                vector, top_k=len(held_out), rerank=True,
+                agg_temperature=encoder.info.agg_temperature,
+            )  # fmt: skip
+            first["cosine"] += plain[0].video_id == video_id
+            first["rerank"] += reranked[0].video_id == video_id
+            with_moments = store.search(vector, top_k=len(held_out))
+            store.add_moments(with_moments, vector)
+            assert [(h.video_id, h.score) for h in with_moments] == [
+                (h.video_id, h.score) for h in plain
+            ]
+            assert all(h.best_moment_s in h.frame_ts for h in with_moments)
+        print(
+            f"aggregation {encoder.info.frame_agg}: R@1 over {len(queries)} held-out captions "
+            f"cosine {first['cosine']}/{len(queries)}, Q-Score re-rank {first['rerank']}/{len(queries)}"
+        )
+        assert first["cosine"] > len(queries) / 2
+    finally:
+        store.close()
+
+
+def _index_held_out(trained: dict[str, Any], qdrant: Path) -> None:
+    from pipelines.index import run_index
+    from pipelines.settings import IndexSettings
+
+    root, bucket, held_out = trained["root"], trained["bucket"], trained["held_out"]
+    manifest = root / "held_out_moments.txt"
+    manifest.write_text("".join(f"{bucket / vid}.mp4\n" for vid in held_out))
+    summary = run_index(
+        IndexSettings(
+            source=str(manifest), checkpoint=trained["checkpoint"], collection="held_out",
+            qdrant_path=str(qdrant), output=str(root / "index_moments"), frame_size=64,
+        )
+    )  # fmt: skip
+    assert summary.indexed == len(held_out)
