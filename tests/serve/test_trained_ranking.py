@@ -16,6 +16,7 @@ from scratch reached only 25-69%, and with 80 clips of noisy cuts 55-83%.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ def trained(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _search(url: str, query: str) -> list[dict[str, Any]]:
     req = urllib.request.Request(
         f"{url}/search",
@@ -85,7 +92,7 @@ def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -
 
     settings = ServeSettings(
         checkpoint=trained["checkpoint"], collection="held_out", qdrant_path=str(root / "qdrant"),
-        port=8019, app_name="trained", min_replicas=1, max_replicas=1,
+        port=_free_port(), app_name="trained", min_replicas=1, max_replicas=1,
     )  # fmt: skip
     url = start_server(settings)
     try:
