@@ -35,6 +35,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "index": ("pipelines.index", "main", "bulk-index videos (s3://, folder, manifest) into Qdrant"),
     "ls": ("pipelines.ls", "main", "list the videos of an index (uri, etag, duration, model)"),
+    "watch": (
+        "pipelines.watch",
+        "main",
+        "keep an index in sync with a bucket or folder (S3 events via SQS, or polling)",
+    ),
+    "store": (
+        "pipelines.store.actor",
+        "main",
+        "status or stop of the store actors that own embedded indexes on a Ray cluster",
+    ),
     "demo": ("demo.run", "main", "synthesise, train, index and search end to end (a few minutes)"),
     "synth": ("adaclip.commands", "synth_main", "generate a synthetic captioned video set"),
     "prepare": ("adaclip.prepare", "prepare_main", "build split files from original annotations"),
