@@ -22,6 +22,8 @@ ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("adaclip demo", "demo.run:DemoSettings"),
     ("adaclip index", "pipelines.settings:IndexSettings"),
     ("adaclip ls", "pipelines.ls:LsSettings"),
+    ("adaclip watch", "pipelines.watch:WatchSettings"),
+    ("adaclip store", "pipelines.store.actor:StoreAdminSettings"),
     ("adaclip train", "train.settings:TrainSettings"),
     ("adaclip eval", "train.settings:EvalSettings"),
     ("adaclip serve", "serve.settings:ServeSettings"),
