@@ -203,3 +203,39 @@ def test_queries_throughout_an_alias_switch(indexed_videos: IndexedVideos, tmp_p
         admin.close()
         service.close()
         encoder.close()
+
+
+def test_prefix_scan_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix that is not a directory examines at most PREFIX_SCAN_LIMIT rows, and frame
+    vectors are fetched for the kept rows only."""
+    from pipelines.store import base
+
+    store = EdgeVideoStore(tmp_path / "q")
+    store.ensure_collection("c", 8, 2, "m")
+    store.upsert([_record(f"/v/{i:03d}.mp4", "m") for i in range(60)])
+    store.upsert([_record("/v/zzz.mp4", "m")])
+    examined: list[int] = []
+    fetched: list[int] = []
+    query, retrieve = store._query, store._retrieve_with_frames
+    with_frames: list[bool] = []
+
+    def counting_query(*a: Any) -> Any:
+        examined.append(a[1])
+        with_frames.append(a[4])
+        return query(*a)
+
+    monkeypatch.setattr(store, "_query", counting_query)
+    monkeypatch.setattr(
+        store, "_retrieve_with_frames", lambda ids: fetched.append(len(ids)) or retrieve(ids)
+    )
+    monkeypatch.setattr(base, "PREFIX_SCAN_LIMIT", 20)
+    hits = store.search(np.ones(8), top_k=3, uri_prefix="/v/0", rerank=True)
+    # every candidate kept for the re-rank (here all 20 examined) gets its frames, in one
+    # fetch; the pages scanned carry none
+    assert sum(examined) == 20 and fetched == [20] and not any(with_frames)
+    assert len(hits) == 3 and all(h.uri.startswith("/v/0") for h in hits)
+    monkeypatch.setattr(base, "PREFIX_SCAN_LIMIT", 4096)
+    examined.clear()
+    assert [h.video_id for h in store.search(np.ones(8), top_k=3, uri_prefix="/v/z")] == ["zzz"]
+    assert examined == [64]  # one page: the whole (61-row) collection, no doubling beyond it
+    store.close()

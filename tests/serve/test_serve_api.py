@@ -513,3 +513,18 @@ def test_route_prefix_keeps_guards_and_urls(service: SearchService) -> None:
     assert r.json()["results"][0]["media_url"].startswith("/adaclip/media/synth/")
     assert 'const BASE = "/adaclip";' in c.get("/adaclip/").text
     assert c.get("/adaclip/healthz").status_code == 200
+
+
+def test_moments_keep_the_models_order(client: TestClient, encoder: QueryEncoder) -> None:
+    """`moments` adds each hit's best frame (argmax of cos(q, f_k)) and changes nothing else;
+    an MLP/mean model is not re-ranked unless asked."""
+    body = {"query": "a red circle moving left", "top_k": 5}
+    plain = client.post("/search", json=body).json()
+    with_moments = client.post("/search", json={**body, "moments": True}).json()
+    assert not plain["reranked"] and not with_moments["reranked"]
+    assert [(h["video_id"], h["score"]) for h in with_moments["results"]] == [
+        (h["video_id"], h["score"]) for h in plain["results"]
+    ]
+    assert all(h["best_moment_s"] is None for h in plain["results"])
+    for hit in with_moments["results"]:
+        assert hit["best_moment_s"] in hit["frame_ts"]
