@@ -21,6 +21,7 @@ Last line: ``ranged_read_bytes_ratio_10min: B ranged_read_time_ratio_10min: T`` 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import statistics
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, print_table
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
 N, FRAME = 16, 224
 FAKE_AWS = {

@@ -244,7 +244,24 @@ def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
         model_id=model.model_id,
         create=not settings.dry_run,
         prefer_grpc=settings.qdrant_grpc,
+        profile=collection_profile(settings) if settings.qdrant_url else None,
         shared=True,
+    )
+
+
+def collection_profile(settings: IndexSettings) -> Any:
+    """The server collection's layout from the ``--qdrant-*`` flags (a CollectionProfile)."""
+    from pipelines.store.profile import CollectionProfile
+
+    return CollectionProfile(
+        video_int8=settings.qdrant_video_int8,
+        frames_on_disk=settings.qdrant_frames_on_disk,
+        frames_int8=settings.qdrant_frames_int8,
+        payload_on_disk=settings.qdrant_payload_on_disk,
+        shards=settings.qdrant_shards,
+        replicas=settings.qdrant_replicas,
+        write_consistency=settings.qdrant_write_consistency,
+        bulk_load=settings.qdrant_bulk_load,
     )
 
 

@@ -98,6 +98,30 @@ class IndexSettings(StoreSettings):
     qdrant_grpc: bool = Field(
         True, description="talk gRPC (port 6334) to a Qdrant server; REST when it does not answer"
     )
+    qdrant_video_int8: bool = Field(
+        True,
+        description="new server collection: int8 scalar quantisation of the video vectors, "
+        "kept in RAM (originals on disk, searches rescore with them)",
+    )
+    qdrant_frames_on_disk: bool = Field(
+        True, description="new server collection: frame multivectors stored on disk (mmap)"
+    )
+    qdrant_frames_int8: bool = Field(
+        False, description="new server collection: int8 quantisation of the frame multivectors"
+    )
+    qdrant_payload_on_disk: bool = Field(
+        True, description="new server collection: payload stored on disk"
+    )
+    qdrant_shards: int = Field(1, description="new server collection: shard_number")
+    qdrant_replicas: int = Field(1, description="new server collection: replication_factor")
+    qdrant_write_consistency: int = Field(
+        1, description="new server collection: write_consistency_factor (<= replicas)"
+    )
+    qdrant_bulk_load: bool = Field(
+        False,
+        description="server backend: defer HNSW building (indexing_threshold 0) during this "
+        "run, build it at the end; for a large first load",
+    )
     use_gpu: bool | None = Field(None, description="force model actors onto GPUs (default: auto)")
     decode_resources: dict[str, float] = Field(
         default_factory=dict,

@@ -66,13 +66,17 @@ class StoreTarget:
     create: bool = True  # False (dry run): bind an existing collection only, write nothing
     shared: bool = False  # an embedded folder on Ray: through its store actor (made if none)
     prefer_grpc: bool = True  # server backend: gRPC when its port answers, else REST
+    profile: Any = None  # server backend: a store.profile.CollectionProfile (None: default)
 
     def _open_store(self) -> VideoStore:
         if self.qdrant_url:
             from pipelines.store.server import ServerVideoStore
 
             return ServerVideoStore(
-                url=self.qdrant_url, api_key=self.api_key, prefer_grpc=self.prefer_grpc
+                url=self.qdrant_url,
+                api_key=self.api_key,
+                prefer_grpc=self.prefer_grpc,
+                profile=self.profile,
             )
         return open_store(self.qdrant_path, None, self.api_key, create_owner=self.shared)
 

@@ -28,24 +28,12 @@ from pipelines.store.base import (
     VideoStore,
     row_from_point,
 )
+from pipelines.store.profile import DEFAULT_INDEXING_THRESHOLD_KB, CollectionProfile
 from pipelines.store.retry import RetryPolicy, with_retries
 
 log = logging.getLogger("adaclip.store")
 
 _UPSERT_BATCH = 64  # ~13 x 512 floats a point: a few MB of JSON a request
-
-
-def _vectors_config(dim: int) -> dict[str, qm.VectorParams]:
-    frames = qm.VectorParams(
-        size=dim,
-        distance=qm.Distance.COSINE,
-        multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
-        hnsw_config=qm.HnswConfigDiff(m=0),
-    )
-    return {
-        VIDEO_VECTOR: qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-        FRAMES_VECTOR: frames,
-    }
 
 
 def _client_filter(flt: Filter, exclude: Filter = ()) -> qm.Filter | None:
@@ -102,6 +90,10 @@ class ServerVideoStore(VideoStore):
         timeout: request timeout in seconds.
         retry: how requests are retried after connection errors, timeouts, 5xx, 429 and
             gRPC UNAVAILABLE (:mod:`pipelines.store.retry`); every write is idempotent.
+        profile: the layout of a collection this store creates (:mod:`pipelines.store.
+            profile`; default: the profile for millions of videos). A writer's open also
+            makes missing payload indexes and restores HNSW building a crashed bulk load
+            left deferred.
     """
 
     def __init__(
@@ -115,11 +107,15 @@ class ServerVideoStore(VideoStore):
         grpc_port: int = 6334,
         timeout: int = 60,
         retry: RetryPolicy | None = None,
+        profile: CollectionProfile | None = None,
     ) -> None:
         super().__init__()
         if sum(x is not None for x in (url, location, path)) != 1:
             raise ValueError("give exactly one of url, location or path")
         self._retry = retry or RetryPolicy()
+        self.profile = profile or CollectionProfile()
+        self._search_params: qm.SearchParams | None = None
+        self._deferred_hnsw = False  # bulk load: indexing_threshold=0 until optimize()
         self.transport = "local"
         if url is not None:
             self._client, self.transport = _server_client(
@@ -141,17 +137,60 @@ class ServerVideoStore(VideoStore):
             if not create:
                 return False
             try:
-                self._client.create_collection(name, vectors_config=_vectors_config(dim))
+                self._client.create_collection(name, **self.profile.create_kwargs(dim))
             except Exception:
                 if not self._client.collection_exists(name):  # else: created concurrently
                     raise
-            with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
-                warnings.simplefilter("ignore", UserWarning)
-                for key in INDEXED_FIELDS:
+        info = self._client.get_collection(name)
+        if create:  # a writer: indexes and HNSW as the profile wants them, on every open
+            self._ensure_payload_indexes(name, set(info.payload_schema or {}))
+            self._set_hnsw_deferred(name, info, self.profile.bulk_load)
+        video = info.config.params.vectors
+        quantized = isinstance(video, dict) and video[VIDEO_VECTOR].quantization_config
+        self._search_params = (
+            qm.SearchParams(
+                quantization=qm.QuantizationSearchParams(rescore=True, oversampling=2.0)
+            )
+            if quantized
+            else None
+        )
+        self._name = name
+        return True
+
+    def _ensure_payload_indexes(self, name: str, existing: set[str]) -> None:
+        """Create the payload indexes the collection lacks (idempotent; any writer's open)."""
+        with warnings.catch_warnings():  # local mode: "payload indexes have no effect"
+            warnings.simplefilter("ignore", UserWarning)
+            for key in INDEXED_FIELDS:
+                if key not in existing:
                     self._client.create_payload_index(
                         name, key, qm.PayloadSchemaType.KEYWORD, wait=True
                     )
-        self._name = name
+
+    def _set_hnsw_deferred(self, name: str, info: Any, defer: bool) -> None:
+        """Defer HNSW building (bulk load), or restore it where a crashed load left it off."""
+        threshold = info.config.optimizer_config.indexing_threshold
+        if defer and threshold != 0:
+            self._update_indexing_threshold(name, 0)
+        elif not defer and threshold == 0:
+            log.warning("collection %s had HNSW building deferred (a bulk load that did not "
+                        "finish): restoring it", name)  # fmt: skip
+            self._update_indexing_threshold(name, DEFAULT_INDEXING_THRESHOLD_KB)
+        self._deferred_hnsw = defer
+
+    def _update_indexing_threshold(self, name: str, kb: int) -> None:
+        config = qm.OptimizersConfigDiff(indexing_threshold=kb)
+        self._retrying(
+            lambda: self._client.update_collection(name, optimizers_config=config),
+            "update_collection",
+        )
+
+    def optimize(self) -> bool:
+        """End of a bulk load: build HNSW now (restore the indexing threshold)."""
+        if not self._deferred_hnsw:
+            return False
+        self._update_indexing_threshold(self._require(), DEFAULT_INDEXING_THRESHOLD_KB)
+        self._deferred_hnsw = False
         return True
 
     def _upsert_points(self, points: Sequence[Point]) -> None:
@@ -211,6 +250,7 @@ class ServerVideoStore(VideoStore):
             query=q.tolist(),
             using=VIDEO_VECTOR,
             query_filter=_client_filter(flt),
+            search_params=self._search_params,
             limit=limit,
             offset=offset or None,
             # the Gram matrices only matter to the re-rank: do not transfer them otherwise
