@@ -274,9 +274,9 @@ def test_overload_is_shed_with_503_and_recovers(server: Server) -> None:
         assert search(server.url, {"query": f"pace {i}", "top_k": 3}).status_code == 200
         single.append(time.perf_counter() - start)
     slots = server.args["max_ongoing_requests"] + server.args["max_queued_requests"]
-    # an accepted request waits behind at most `slots` others; without shedding it would
-    # wait behind all 48 clients
-    bound = max(2.0, 2 * slots * sorted(single)[2])
+    # an accepted request waits behind at most `slots` others (service under load measured
+    # up to ~1.5x the idle pace here); without shedding it would wait behind all 48 clients
+    bound = max(2.0, 3 * slots * sorted(single)[2])
     statuses: list[int] = []
     accepted: list[float] = []
     retry_after: set[str | None] = set()
