@@ -12,10 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adaclip.config import AdaClipConfig
-from adaclip.model import AdaCLIP
+
+if TYPE_CHECKING:  # torch is imported only to build a model: reading a config needs none
+    from adaclip.model import AdaCLIP
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -81,6 +83,8 @@ def read_checkpoint_config(folder: str | os.PathLike[str]) -> tuple[AdaClipConfi
 def load_checkpoint(folder: str | os.PathLike[str], device: str = "cpu") -> AdaCLIP:
     """Rebuild the model from a local checkpoint folder (no hub access)."""
     from safetensors.torch import load_model
+
+    from adaclip.model import AdaCLIP
 
     config, _ = read_checkpoint_config(folder)
     model = AdaCLIP(config, load_pretrained=False)
