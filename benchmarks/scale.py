@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.scale --sizes 2000,20000 --new 40   # a quicker check
 
 A moto S3 server (its own process, filled through moto's backend, not over HTTP) holds, per
-size L, L objects under ``s3://scale/L<L>/``: L - NEW tiny placeholder objects that are
+size L, a bucket of L objects under ``s3://scale-<L>/L<L>/``: L - NEW tiny placeholder objects that are
 already in the index (the embedded store is pre-filled with their points, same etag) and
 NEW real tiny videos spread evenly through the key space. ``adaclip index`` runs as its own
 driver process (``python -m pipelines.index``) against one shared local Ray cluster; this
@@ -40,6 +40,10 @@ BUCKET = "scale"
 PLACEHOLDER = b"0"  # body of the already-indexed objects (their etag: its md5)
 
 
+def bucket_of(size: int) -> str:
+    return f"{BUCKET}-{size}"
+
+
 def keys_of(size: int, new: int) -> tuple[list[str], set[int]]:
     """The L keys of one size and the indices of the new (real video) ones, spread evenly."""
     step = max(size // max(new, 1), 1)
@@ -60,13 +64,13 @@ def serve_bucket(sizes: list[int], new: int, videos: Path) -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    backend.create_bucket(BUCKET, "us-east-1")
     clips = [p.read_bytes() for p in sorted(videos.glob("*.mp4"))]
-    for size in sizes:
+    for size in sizes:  # a bucket per size: a listing's cost is its own bucket's
+        backend.create_bucket(bucket_of(size), "us-east-1")
         keys, fresh = keys_of(size, new)
         for i, key in enumerate(keys):
             body = clips[i % len(clips)] if i in fresh else PLACEHOLDER
-            backend.put_object(BUCKET, key, body)
+            backend.put_object(bucket_of(size), key, body)
     print(f"READY {server.get_host_and_port()[1]}", flush=True)
     sys.stdin.read()
     server.stop()
@@ -144,7 +148,7 @@ def prefill_store(qdrant: Path, size: int, new: int, checkpoint: Path) -> None:
             f = frames[i % 256]
             batch.append(
                 VideoRecord(
-                    uri=f"s3://{BUCKET}/{key}",
+                    uri=f"s3://{bucket_of(size)}/{key}",
                     video_id=Path(key).stem,
                     etag=etag,
                     size_bytes=len(PLACEHOLDER),
@@ -164,11 +168,12 @@ def prefill_store(qdrant: Path, size: int, new: int, checkpoint: Path) -> None:
 
 
 def listing_time(endpoint: str, size: int) -> tuple[float, int]:
-    """Seconds to list ``s3://scale/L<size>/`` alone, and the keys listed."""
+    """Seconds to list ``s3://scale-<size>/L<size>/`` alone, and the keys listed."""
     from pipelines.sources import list_videos
 
     start = time.monotonic()
-    count = sum(1 for _ in list_videos(f"s3://{BUCKET}/L{size}/", s3_endpoint_url=endpoint))
+    source = f"s3://{bucket_of(size)}/L{size}/"
+    count = sum(1 for _ in list_videos(source, s3_endpoint_url=endpoint))
     return time.monotonic() - start, count
 
 
@@ -206,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.scale", "--serve-bucket", "--sizes", args.sizes,
          "--new", str(args.new), "--videos", str(tmp / "videos")],
-        cwd=REPO, env={**os.environ}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO, env={**os.environ}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert server.stdout is not None and server.stdin is not None
     ready = server.stdout.readline().split()
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             qdrant = tmp / f"qdrant-{size}"
             prefill_store(qdrant, size, args.new, checkpoint)
             job = [
-                f"s3://{BUCKET}/L{size}/", "--s3-endpoint-url", endpoint,
+                f"s3://{bucket_of(size)}/L{size}/", "--s3-endpoint-url", endpoint,
                 "--checkpoint", str(checkpoint), "--qdrant-path", str(qdrant),
                 "--collection", "videos", "--output", str(tmp / f"out-{size}"),
                 "--frame-size", "32", "--decode-actors", "1", "--decode-batch-size", "4",
