@@ -164,11 +164,22 @@ def embed_batch(model: Any, batch: Batch) -> Batch:
 
     Returns the columns of the index rows: video_vector (B,D), frame_vectors (B,K,D),
     frame_ts (B,K) in time order, frame_weights (B,K), plus the listing fields.
+
+    On CUDA the batch goes to the GPU once (pinned memory) and the model runs under bf16
+    autocast (``benchmarks/gpu_check.py`` reports the difference to fp32); vectors come
+    back as float32.
     """
     import torch
 
     frames = torch.from_numpy(np.ascontiguousarray(batch["frames"]))  # (B, N, S, S, 3)
-    enc = model.encode_video(frames)
+    device = next(model.parameters()).device if hasattr(model, "parameters") else None
+    if device is not None and device.type == "cuda":
+        # one copy to the GPU (pinned, async); the model's own .to(device) are then no-ops
+        frames = frames.pin_memory().to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            enc = model.encode_video(frames)
+    else:
+        enc = model.encode_video(frames)
     idx = enc.indices.cpu().numpy()  # (B, K) ascending
     frame_ts = np.take_along_axis(batch["timestamps"], idx, axis=1)
     out: Batch = {key: batch[key] for key in (*ROW_FIELDS, "duration_s")}
@@ -262,7 +273,7 @@ class EmbedVideos:
     Args:
         checkpoint: checkpoint folder, local or ``s3://``.
         s3_endpoint_url: S3-compatible endpoint, ``None`` for AWS.
-        use_gpu: run on CUDA when there is one.
+        use_gpu: run on CUDA (:class:`pipelines.gpu.NoCudaError` when the actor sees none).
         frame_size: decoded frame size; with ``report``, the GFLOPs one video costs at this
             size are counted once on the loaded model and sent to ``report.set_gflops``.
         report: the job's ``JobReport`` actor, or None.
@@ -280,10 +291,9 @@ class EmbedVideos:
         report: Any = None,
         failures: Any = None,
     ) -> None:
-        import torch
+        from pipelines.gpu import model_device
 
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = load_model(checkpoint, s3_endpoint_url, device)
+        self.model = load_model(checkpoint, s3_endpoint_url, model_device(use_gpu))
         self.failures = failures
         if report is not None:
             from adaclip.flops import video_gflops

@@ -36,6 +36,7 @@ from typing import Any
 
 from pipelines.checkpoints import CheckpointInfo, describe_checkpoint, write_zero_shot_checkpoint
 from pipelines.embed import DecodeSpec, DecodeVideos, EmbedVideos
+from pipelines.gpu import cluster_can_have_gpus
 from pipelines.listing import SourceSpec, listing_dataset, resolve_source
 from pipelines.object_fetch import is_s3_uri
 from pipelines.plan import PlanSpec, plan_batch
@@ -158,7 +159,6 @@ def build_dataset(
     spec: SourceSpec, settings: IndexSettings, job: JobActors, driver_node: str
 ) -> Any:
     """The Ray Data pipeline: listing -> plan -> decode actors (CPU) -> model actors."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     dry_run = settings.dry_run
@@ -188,8 +188,10 @@ def build_dataset(
     # small blocks, so that every decode actor gets work while the listing goes on
     ds = ds.repartition(target_num_rows_per_block=settings.decode_batch_size)
     use_gpu = settings.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if use_gpu is None:  # GPUs now, or GPU nodes the autoscaler can launch (from zero)
+        use_gpu = cluster_can_have_gpus()
+    if not 1 <= settings.model_actors_min <= settings.model_actors:
+        raise ValueError("need 1 <= --model-actors-min <= --model-actors")
     fetcher = ObjectFetcher(
         s3_endpoint_url=settings.s3_endpoint_url,
         max_retries=settings.max_retries,
@@ -224,7 +226,9 @@ def build_dataset(
         ),
         batch_size=settings.model_batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=settings.model_actors),
+        compute=ActorPoolStrategy(
+            min_size=settings.model_actors_min, max_size=settings.model_actors
+        ),
         num_gpus=1 if use_gpu else 0,
         num_cpus=settings.model_cpus if not use_gpu else 1,
         resources=settings.model_resources or None,

@@ -85,8 +85,11 @@ class IndexSettings(StoreSettings):
     decode_batch_size: int = Field(4, description="videos per decode batch")
     decode_threads: int = Field(1, description="FFmpeg threads per decode actor (0: FFmpeg picks)")
     model_actors: int = Field(
-        1, description="model actors (one GPU each when the cluster has GPUs)"
+        1,
+        description="max model actors (one GPU each with GPUs); the pool autoscales between "
+        "--model-actors-min and this",
     )
+    model_actors_min: int = Field(1, description="model actors kept running (at least 1)")
     model_cpus: float = Field(0.5, description="CPUs per model actor on a CPU-only cluster")
     model_batch_size: int = Field(8, description="videos per model batch")
     upsert_batch_size: int = Field(64, description="points per Qdrant upsert")
@@ -122,7 +125,11 @@ class IndexSettings(StoreSettings):
         description="server backend: defer HNSW building (indexing_threshold 0) during this "
         "run, build it at the end; for a large first load",
     )
-    use_gpu: bool | None = Field(None, description="force model actors onto GPUs (default: auto)")
+    use_gpu: bool | None = Field(
+        None,
+        description="model actors on GPUs (an error where CUDA is missing); default: when the "
+        "cluster has GPUs or its autoscaler can launch GPU nodes",
+    )
     decode_resources: dict[str, float] = Field(
         default_factory=dict,
         description='custom Ray resources per decode actor, e.g. {"cpu_node": 0.01}',
