@@ -88,9 +88,12 @@ class DecodeVideos:
     """
 
     def __init__(self, fetcher: ObjectFetcher, spec: DecodeSpec, failures: Any) -> None:
+        from pipelines.hls import HlsFolders
+
         self.fetcher = fetcher
         self.spec = spec
         self.failures = failures
+        self.hls = HlsFolders(None if spec.frames_dir else _LazyClient(fetcher))
 
     def __call__(self, batch: Batch) -> Batch:
         from adaclip.decode import DecodeError
@@ -99,16 +102,20 @@ class DecodeVideos:
             k: [] for k in (*ROW_FIELDS, "duration_s", "frames", "timestamps")
         }
         failures = []
+        from pipelines.hls import HlsSegmentError
+
         for i, uri in enumerate(batch["uri"]):
             known = (str(batch["etag"][i]), int(batch["size_bytes"][i]))
             try:
+                if not self.spec.frames_dir and self.hls.is_segment(str(uri)):
+                    raise HlsSegmentError(f"{uri}: a segment of the HLS playlist in its folder")
                 frames, timestamps, duration = decode_object(
                     self.fetcher, str(uri), self.spec, size_hint=known[1] or None
                 )
             except FetchError as err:
                 failures.append(failure_row(str(uri), "fetch", err, *known))
                 continue
-            except (DecodeError, OSError, ValueError) as err:
+            except (DecodeError, OSError, ValueError) as err:  # HlsSegmentError included
                 failures.append(failure_row(str(uri), "decode", err, *known))
                 continue
             for key in ROW_FIELDS:
@@ -119,6 +126,16 @@ class DecodeVideos:
         if failures:
             self.failures.record(failures)
         return _to_batch(out, self.spec)
+
+
+class _LazyClient:
+    """The fetcher's S3 client, made on first use (a folder of local files needs none)."""
+
+    def __init__(self, fetcher: ObjectFetcher) -> None:
+        self.fetcher = fetcher
+
+    def get_paginator(self, name: str) -> Any:
+        return self.fetcher.client.get_paginator(name)
 
 
 def _empty_listing_columns() -> Batch:
