@@ -58,6 +58,7 @@ def ray_cluster() -> Iterator[Any]:
 def _stop_store_actors() -> Iterator[None]:
     """End the detached store actors a test module started (they outlive jobs by design)."""
     yield
+    import contextlib
     import sys
 
     ray = sys.modules.get("ray")
@@ -66,7 +67,5 @@ def _stop_store_actors() -> Iterator[None]:
     from pipelines.store.actor import list_store_actors, stop_store_actor
 
     for _, handle in list_store_actors():
-        try:
+        with contextlib.suppress(Exception):  # already ending: killed anyway
             stop_store_actor(handle, timeout_s=30)
-        except Exception:  # already ending: killed anyway
-            pass

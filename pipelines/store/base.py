@@ -453,6 +453,7 @@ class VideoStore(abc.ABC):
 
     def flush(self) -> None:
         """Make every write so far durable on disk (a no-op where writes already are)."""
+        return None
 
     def record_failures(self, failures: Sequence[FailedVideo]) -> None:
         """Store failure records (points without vectors); a stored video of the same URI is
