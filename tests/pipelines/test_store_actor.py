@@ -56,7 +56,9 @@ def test_one_owner_by_name_concurrent_reads_see_whole_points(
     with pytest.raises(ModelMismatchError):  # the actor's error, raised as itself
         open_store(folder).ensure_collection("videos", DIM, K, "another-model")
 
-    n, seen, bad = 40, [], []
+    n = 40
+    seen: list[str] = []
+    bad: list[str] = []
 
     def write() -> None:
         for i in range(n):
