@@ -24,7 +24,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.media import MEDIA_ROUTE, MEDIA_TYPES
+from serve.media import (
+    MEDIA_ROUTE,
+    MEDIA_TYPES,
+    MediaResolver,
+    media_signing_key,
+    valid_media_signature,
+)
 from serve.metrics import RequestMetrics
 from serve.schemas import ErrorResponse, SearchRequest, SearchResponse, VideoInfo
 from serve.search import SearchService, UnavailableError
@@ -64,12 +70,23 @@ def _json_error(status: int, message: str, **headers: str) -> JSONResponse:
 
 
 class GuardMiddleware:
-    """API key on the protected routes and a cap on the request body (pure ASGI)."""
+    """API key on the protected routes and a cap on the request body (pure ASGI).
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int) -> None:
+    A media URL needs the key header or a valid signature (`expires` and `sig` query
+    parameters, made by `MediaResolver`): the key itself is never accepted in a URL.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str | None,
+        max_body_bytes: int,
+        media: MediaResolver | None = None,
+    ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
+        self.media_key = media.signing_key if media is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,8 +106,11 @@ class GuardMiddleware:
         path = app_path(scope)
         if self.api_key and scope["method"] != "OPTIONS" and _protected(path):
             given = headers.get(API_KEY_HEADER, b"").decode("latin-1")
-            if not given and path.startswith(MEDIA_ROUTE):
-                given = _query_param(scope, "api_key")
+            if not given and path.startswith(MEDIA_ROUTE) and self.media_key is not None:
+                expires, sig = _query_param(scope, "expires"), _query_param(scope, "sig")
+                if valid_media_signature(self.media_key, path, expires, sig):
+                    return None
+                return _json_error(401, "missing, expired or wrong media URL signature")
             if not secrets.compare_digest(given.encode(), self.api_key.encode()):
                 return _json_error(401, "missing or wrong X-API-Key header")
         return None
@@ -252,9 +272,14 @@ def create_api(service: SearchService, options: ApiOptions | None = None) -> Fas
         """The store is reachable and the model is loaded (readiness)."""
         return await service.readiness()
 
+    if options.api_key and service.media.signing_key is None:
+        service.media.signing_key = media_signing_key(options.api_key)
     app.add_middleware(
-        GuardMiddleware, api_key=options.api_key, max_body_bytes=options.max_body_bytes
-    )  # type: ignore[arg-type]
+        GuardMiddleware,  # type: ignore[arg-type]
+        api_key=options.api_key,
+        max_body_bytes=options.max_body_bytes,
+        media=service.media,
+    )
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware,  # type: ignore[arg-type]

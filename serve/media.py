@@ -8,9 +8,12 @@ against the root, regular files with a video extension only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import threading
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -59,13 +62,36 @@ def resolve_media_path(root: Path, relative: str) -> Path | None:
     return path
 
 
+def media_signing_key(api_key: str | None) -> bytes | None:
+    """The HMAC key of signed media URLs, derived from the API key (replicas sharing the key
+    accept each other's URLs; the API key itself never appears in a URL)."""
+    if not api_key:
+        return None
+    return hashlib.sha256(b"adaclip media url\n" + api_key.encode()).digest()
+
+
+def media_signature(key: bytes, path: str, expires: int) -> str:
+    """HMAC-SHA256 over the (percent-decoded) app path and the expiry time, hex."""
+    return hmac.new(key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def valid_media_signature(
+    key: bytes, path: str, expires: str, signature: str, now: float | None = None
+) -> bool:
+    """Whether `signature` signs `path` until `expires` (unix seconds) and has not expired."""
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(media_signature(key, path, int(expires)), signature)
+
+
 class MediaResolver:
     """Turns an indexed URI into a URL a browser can play, or None.
 
     Args:
         media_root: local folder served at `/media` (None: local videos are not served).
         s3_endpoint_url: S3-compatible endpoint for presigned URLs.
-        presign_expires_s: lifetime of presigned URLs.
+        presign_expires_s: lifetime of presigned and signed URLs.
+        signing_key: HMAC key of local media URLs (None: unsigned URLs, for an open API).
     """
 
     def __init__(
@@ -73,7 +99,9 @@ class MediaResolver:
         media_root: str | os.PathLike[str] | None = None,
         s3_endpoint_url: str | None = None,
         presign_expires_s: int = 3600,
+        signing_key: bytes | None = None,
     ) -> None:
+        self.signing_key = signing_key
         self.root = Path(media_root).expanduser().resolve() if media_root else None
         self.s3_endpoint_url = s3_endpoint_url
         self.presign_expires_s = presign_expires_s
@@ -89,7 +117,12 @@ class MediaResolver:
         local = self._local_relative(uri)
         if local is None:
             return None
-        return f"{base}{MEDIA_ROUTE}/{quote(local, safe='/')}"
+        url = f"{base}{MEDIA_ROUTE}/{quote(local, safe='/')}"
+        if self.signing_key is None:
+            return url
+        expires = int(time.time()) + self.presign_expires_s
+        signature = media_signature(self.signing_key, f"{MEDIA_ROUTE}/{local}", expires)
+        return f"{url}?expires={expires}&sig={signature}"
 
     def local_file(self, relative: str) -> Path | None:
         """The file behind `/media/<relative>`, or None (not found, outside the root...)."""

@@ -237,7 +237,25 @@ def test_api_key(service: SearchService) -> None:
     assert guarded.get("/videos/video00001").status_code == 401
     assert guarded.get("/videos/video00001", headers={"X-API-Key": KEY}).status_code == 200
     assert guarded.get("/media/synth/video00001.mp4").status_code == 401
-    assert guarded.get(f"/media/synth/video00001.mp4?api_key={KEY}").status_code == 200
+    # the key is never accepted in a URL; media links come signed (HMAC over path + expiry)
+    assert guarded.get(f"/media/synth/video00001.mp4?api_key={KEY}").status_code == 401
+    hit = guarded.post("/search", json=body, headers={"X-API-Key": KEY}).json()["results"][0]
+    signed = hit["media_url"]
+    assert KEY not in signed and "sig=" in signed and "expires=" in signed
+    assert guarded.get(signed).status_code == 200
+    path, query = signed.split("?")
+    other = (
+        "/media/synth/video00002.mp4" if "video00001" not in path else "/media/synth/video00003.mp4"
+    )
+    assert guarded.get(f"{other}?{query}").status_code == 401  # signature of another path
+    assert guarded.get(signed.replace("sig=", "sig=0")).status_code == 401
+    from serve.media import media_signature, media_signing_key
+
+    key = media_signing_key(KEY)
+    assert key is not None
+    past = 1_000_000
+    expired = f"{path}?expires={past}&sig={media_signature(key, path, past)}"
+    assert guarded.get(expired).status_code == 401
     for open_path in ("/healthz", "/readyz", "/", "/docs", "/openapi.json"):
         assert guarded.get(open_path).status_code == 200, open_path
 

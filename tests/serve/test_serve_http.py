@@ -397,7 +397,10 @@ def test_api_key_enforced_when_configured(server: Server) -> None:
         got = search(server.url, body, headers={"X-API-Key": KEY}).json()["results"]
         assert [h["video_id"] for h in got] == [h["video_id"] for h in want], query
     media = r.json()["results"][0]["media_url"]
-    assert httpx.get(server.url + media, timeout=10).status_code == 401
-    assert httpx.get(f"{server.url}{media}?api_key={KEY}", timeout=10).status_code == 200
+    assert "sig=" in media and KEY not in media  # a signed, short-lived URL
+    assert httpx.get(server.url + media, timeout=10).status_code == 200
+    unsigned = media.split("?")[0]
+    assert httpx.get(server.url + unsigned, timeout=10).status_code == 401
+    assert httpx.get(f"{server.url}{unsigned}?api_key={KEY}", timeout=10).status_code == 401
     assert httpx.get(f"{server.url}/videos/video00001", timeout=10).status_code == 401
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
