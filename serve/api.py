@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -32,8 +32,15 @@ from serve.media import (
     valid_media_signature,
 )
 from serve.metrics import RequestMetrics
-from serve.schemas import ErrorResponse, SearchRequest, SearchResponse, VideoInfo
-from serve.search import SearchService, UnavailableError
+from serve.schemas import (
+    MAX_TOP_K,
+    ErrorResponse,
+    SearchRequest,
+    SearchResponse,
+    SimilarResponse,
+    VideoInfo,
+)
+from serve.search import BadQueryError, SearchService, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +212,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
 
+    @app.exception_handler(BadQueryError)
+    async def _bad_query(_: Request, exc: BadQueryError) -> JSONResponse:
+        return _json_error(422, f"invalid request: {exc}")
+
     @app.exception_handler(UnavailableError)
     async def _unavailable(_: Request, exc: UnavailableError) -> JSONResponse:
         return _json_error(503, str(exc), **{"Retry-After": "5"})
@@ -254,6 +265,18 @@ def create_api(service: SearchService, options: ApiOptions | None = None) -> Fas
         if info is None:
             raise HTTPException(404, f"no video {video_id!r}")
         return info
+
+    @app.get("/videos/{video_id}/similar", response_model=SimilarResponse, responses=ERRORS)
+    async def similar(
+        request: Request,
+        video_id: str = Path(min_length=1, max_length=512),
+        top_k: int = Query(10, ge=1, le=MAX_TOP_K),
+    ) -> SimilarResponse:
+        """Videos nearest to an indexed video (by its stored vector), never the video itself."""
+        found = await service.similar(video_id, top_k, request.scope.get("root_path", ""))
+        if found is None:
+            raise HTTPException(404, f"no video {video_id!r}")
+        return found
 
     @app.api_route(f"{MEDIA_ROUTE}/{{path:path}}", methods=["GET", "HEAD"], include_in_schema=False)
     async def media(path: str) -> FileResponse:

@@ -86,6 +86,10 @@ class HandleEncoder:
     async def load(self, model_id: str) -> ModelInfo:
         return ModelInfo(**await self.handle.load.remote(model_id))
 
+    async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector:
+        result: QueryVector = await self.handle.embed_image.remote(image, model_id)
+        return result
+
 
 @serve.deployment(name="SearchIngress", max_ongoing_requests=64)
 @serve.ingress()

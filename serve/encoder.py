@@ -115,6 +115,40 @@ class QueryEncoder:
         """Unit text embeddings (B, D) float32, in the order of `texts`."""
         return self.model.encode_text(list(texts)).float().cpu().numpy()  # (B, D)
 
+    def encode_image(self, image: bytes) -> Vector:
+        """Unit CLIP image embedding (D,) of an encoded image (JPEG, PNG, WebP ...), cropped
+        and scaled as the index's frames are.
+
+        Raises:
+            ValueError: the bytes are not an image.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        pixels = torch.from_numpy(decode_query_image(image, int(self.model.image_size)))
+        with torch.no_grad():
+            raw = self.model.encode_images(pixels[None])  # (1, D)
+        return F.normalize(raw.float(), dim=-1)[0].cpu().numpy()  # (D,)
+
+
+def decode_query_image(data: bytes, size: int) -> npt.NDArray[np.uint8]:
+    """An uploaded image as RGB uint8 (size, size, 3): centre square crop, then resize (the
+    decoder's `shortest_center_crop` for frames)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            rgb = opened.convert("RGB")
+            w, h = rgb.size
+            side = min(w, h)
+            box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
+            square = rgb.crop(box).resize((size, size), Image.Resampling.BICUBIC)
+            return np.asarray(square, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"not a readable image: {err}") from err
+
 
 def local_checkpoint(checkpoint: str, s3_endpoint_url: str | None = None) -> str:
     """A local folder holding `checkpoint` (an `s3://` one through the node's checkpoint
@@ -277,6 +311,13 @@ class InlineEncoder:
         """Load published model `model_id` in a worker thread (queries go on meanwhile)."""
         return await asyncio.to_thread(self.models.load, model_id)
 
+    async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector:
+        """Unit CLIP image embedding (D,) of an encoded image, by model `model_id`."""
+        encoder = self.models.get(model_id)
+        loop = asyncio.get_running_loop()
+        vector = await loop.run_in_executor(self._executor, encoder.encode_image, image)
+        return QueryVector(encoder.info.model_id, vector)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False)
 
@@ -333,6 +374,14 @@ class TextEncoder:
             vector = await self._encode_batch((model, key))
             self.cache.put(f"{model}\n{key}", vector)
         return QueryVector(model, vector)
+
+    async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector:
+        """Unit CLIP image embedding (D,) of an encoded image, by model `model_id`."""
+        if model_id is not None and model_id not in self.models.loaded():
+            await asyncio.to_thread(self.models.load, model_id)
+        encoder = self.models.get(model_id)
+        vector = await asyncio.to_thread(encoder.encode_image, image)
+        return QueryVector(encoder.info.model_id, vector)
 
     async def check_health(self) -> None:
         """Serve's health check: the model still encodes (a replica that cannot is replaced)."""

@@ -6,11 +6,15 @@ an integer (`"5"`, `5.0`, `true`) are refused with a 4xx, never coerced.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import base64
+import binascii
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_QUERY_CHARS = 1000
 MAX_TOP_K = 100
 MAX_PREFIX_CHARS = 2048
+MAX_IMAGE_B64_CHARS = 16 * 1024 * 1024  # the body limit (--max-body-bytes) applies first
 
 
 class SearchFilter(BaseModel):
@@ -32,8 +36,15 @@ class SearchRequest(BaseModel):
         json_schema_extra={"examples": [{"query": "a red circle moving left", "top_k": 5}]},
     )
 
-    query: str = Field(
-        min_length=1, max_length=MAX_QUERY_CHARS, description="text describing the video"
+    query: str | None = Field(
+        None, min_length=1, max_length=MAX_QUERY_CHARS, description="text describing the video"
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_IMAGE_B64_CHARS,
+        description="instead of `query`: a base64 image (JPEG, PNG ...); videos are found "
+        "by its CLIP embedding",
     )
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="number of results")
     filter: SearchFilter | None = Field(None, description="restrict the candidate videos")
@@ -49,9 +60,30 @@ class SearchRequest(BaseModel):
         "without changing the order or the scores",
     )
 
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.query is None) == (self.image is None):
+            raise ValueError("give exactly one of query (text) and image (base64)")
+        return self
+
+    @field_validator("image")
+    @classmethod
+    def _image_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as err:
+                raise ValueError("image must be base64") from err
+        return value
+
+    def image_bytes(self) -> bytes:
+        return base64.b64decode(self.image or "")
+
     @field_validator("query")
     @classmethod
-    def _query_text(cls, value: str) -> str:
+    def _query_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.strip():
             raise ValueError("query must contain non-whitespace text")
         try:
@@ -98,6 +130,16 @@ class VideoInfo(BaseModel):
     model_id: str | None = None
     indexed_at: str | None = None
     media_url: str | None = None
+
+
+class SimilarResponse(BaseModel):
+    """`GET /videos/{video_id}/similar`: videos near an indexed video (never itself)."""
+
+    video_id: str
+    results: list[SearchResult]
+    took_ms: float
+    model_id: str
+    collection: str | None = None
 
 
 class ErrorResponse(BaseModel):

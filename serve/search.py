@@ -28,7 +28,13 @@ import numpy as np
 from pipelines.store import SearchHit, VideoStore
 from serve.encoder import ModelInfo, QueryVector
 from serve.media import MediaResolver
-from serve.schemas import SearchRequest, SearchResponse, SearchResult, VideoInfo
+from serve.schemas import (
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+    SimilarResponse,
+    VideoInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ T = TypeVar("T")
 
 class UnavailableError(RuntimeError):
     """The store or the encoder cannot answer now (HTTP 503)."""
+
+
+class BadQueryError(ValueError):
+    """The query itself cannot be embedded (an upload that is no image): HTTP 422."""
 
 
 class ModelMismatchError(UnavailableError):
@@ -52,6 +62,8 @@ class QueryEncoding(Protocol):
     async def embed(self, text: str, model_id: str | None = None) -> QueryVector: ...
 
     async def load(self, model_id: str) -> ModelInfo: ...
+
+    async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector: ...
 
 
 @dataclass
@@ -114,9 +126,13 @@ class SearchService:
         """Answer one validated search request; `base` prefixes local media URLs."""
         start = time.perf_counter()
         binding = await self._current()
-        vector = await self.embed_for(request.query, binding)
         model = binding.model
-        rerank = request.rerank if request.rerank is not None else model.frame_agg == "qscore"
+        if request.image is not None:
+            vector = await self.embed_image_for(request.image_bytes(), binding)
+            rerank = bool(request.rerank)  # Q-Score was defined for text queries
+        else:
+            vector = await self.embed_for(request.query or "", binding)
+            rerank = request.rerank if request.rerank is not None else model.frame_agg == "qscore"
         prefix = request.filter.uri_prefix if request.filter else None
 
         def run(store: VideoStore) -> list[SearchResult]:
@@ -151,6 +167,47 @@ class SearchService:
             return None if hit is None else self._video_info(hit, base)
 
         return await self._with_store(binding, run)
+
+    async def similar(self, video_id: str, top_k: int, base: str = "") -> SimilarResponse | None:
+        """Videos nearest to indexed video `video_id` (never itself); None if unknown."""
+        start = time.perf_counter()
+        binding = await self._current()
+
+        def run(store: VideoStore) -> tuple[SearchHit, list[SearchHit]] | None:
+            return store.similar(video_id, top_k)
+
+        found = await self._with_store(binding, run)
+        if found is None:
+            return None
+        hit, hits = found
+        return SimilarResponse(
+            video_id=hit.video_id,
+            results=[self._result(h, base) for h in hits],
+            took_ms=(time.perf_counter() - start) * 1000.0,
+            model_id=binding.model.model_id,
+            collection=binding.collection,
+        )
+
+    async def embed_image_for(self, image: bytes, binding: Binding) -> np.ndarray:
+        """The CLIP image embedding of `image` by `binding`'s model (refused otherwise)."""
+        try:
+            qv = await self.encoder.embed_image(image, binding.model.model_id)
+        except ValueError as err:
+            raise BadQueryError(str(err).splitlines()[-1]) from err
+        except Exception as err:
+            logger.exception("image encoder failed")
+            raise UnavailableError(f"image encoder unavailable: {type(err).__name__}") from err
+        return self._checked(QueryVector(qv.model_id, np.asarray(qv.vector, np.float32)), binding)
+
+    def _checked(self, qv: QueryVector, binding: Binding) -> np.ndarray:
+        if qv.model_id != binding.model.model_id:
+            if self._on_mismatch is not None:
+                self._on_mismatch()
+            raise ModelMismatchError(
+                f"query embedded by model {qv.model_id}, but collection "
+                f"{binding.collection!r} holds model {binding.model.model_id}: refused"
+            )
+        return qv.vector.reshape(-1)
 
     async def readiness(self) -> dict[str, Any]:
         """Facts for /readyz, probed now (nothing cached): the alias resolves, the store
@@ -204,15 +261,7 @@ class SearchService:
     async def embed_for(self, text: str, binding: Binding) -> np.ndarray:
         """The query vector for `binding`'s collection; a vector of any other model is
         refused (ModelMismatchError), never searched with."""
-        qv = await self.embed(text, binding.model.model_id)
-        if qv.model_id != binding.model.model_id:
-            if self._on_mismatch is not None:
-                self._on_mismatch()
-            raise ModelMismatchError(
-                f"query embedded by model {qv.model_id}, but collection "
-                f"{binding.collection!r} holds model {binding.model.model_id}: refused"
-            )
-        return qv.vector
+        return self._checked(await self.embed(text, binding.model.model_id), binding)
 
     def close(self) -> None:
         if self._switching is not None:

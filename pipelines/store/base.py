@@ -568,6 +568,25 @@ class VideoStore(abc.ABC):
         failed = self._count_points(FAILURE_RECORDS)
         return max(self._count_points() - 1 - failed, 0)
 
+    def similar(self, key: str, top_k: int = 10) -> tuple[SearchHit, list[SearchHit]] | None:
+        """Videos nearest to an indexed video's `video` vector, the video itself left out.
+
+        Args:
+            key: point id (UUID string) or `video_id`.
+            top_k: number of hits.
+
+        Returns:
+            (the video, its neighbours best first), or None when `key` is not indexed.
+        """
+        hit = self.get(key)
+        if hit is None:
+            return None
+        vector = self._video_vectors([hit.id]).get(hit.id)
+        if vector is None:
+            return None
+        rows = self._query(vector, top_k + 1, 0, (), False)
+        return hit, [row_to_hit(r) for r in rows if r.id != hit.id][:top_k]
+
     # ---- aliases: a logical collection name -> a physical per-model collection ---------
 
     def aliases(self) -> dict[str, str]:
@@ -704,6 +723,10 @@ class VideoStore(abc.ABC):
     @abc.abstractmethod
     def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
         """Points by id with their whole payload and `frames` multivector (missing skipped)."""
+
+    def _video_vectors(self, ids: Sequence[str]) -> dict[str, FloatArray]:
+        """id -> stored (unit) `video` vector of each existing point."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read video vectors")
 
     def _aliases(self) -> dict[str, str]:
         """alias -> collection of every alias (backends without aliases: none)."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from pipelines.store.base import (
@@ -202,6 +203,15 @@ class EdgeVideoStore(VideoStore):
     def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
         points = self._require().retrieve(list(ids), True, [FRAMES_VECTOR])
         return [row_from_point(p, with_frames=True) for p in points]
+
+    def _video_vectors(self, ids: Sequence[str]) -> dict[str, FloatArray]:
+        points = self._require().retrieve(list(ids), False, [VIDEO_VECTOR])
+        out = {}
+        for p in points:
+            vectors = p.vector if isinstance(p.vector, dict) else {}
+            if VIDEO_VECTOR in vectors:
+                out[str(p.id)] = np.asarray(vectors[VIDEO_VECTOR], dtype=np.float32)
+        return out
 
     def _aliases(self) -> dict[str, str]:
         try:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
@@ -281,10 +282,25 @@ class ServerVideoStore(VideoStore):
         ).count
 
     def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
-        points = self._client.retrieve(
-            self._require(), list(ids), with_payload=True, with_vectors=[FRAMES_VECTOR]
+        name = self._require()
+        points = self._retrying(
+            lambda: self._client.retrieve(
+                name, list(ids), with_payload=True, with_vectors=[FRAMES_VECTOR]
+            ),
+            "retrieve",
         )
         return [row_from_point(p, with_frames=True) for p in points]
+
+    def _video_vectors(self, ids: Sequence[str]) -> dict[str, FloatArray]:
+        points = self._client.retrieve(
+            self._require(), list(ids), with_payload=False, with_vectors=[VIDEO_VECTOR]
+        )
+        out = {}
+        for p in points:
+            vectors = p.vector if isinstance(p.vector, dict) else {}
+            if VIDEO_VECTOR in vectors:
+                out[str(p.id)] = np.asarray(vectors[VIDEO_VECTOR], dtype=np.float32)
+        return out
 
     def _aliases(self) -> dict[str, str]:
         return {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}

@@ -109,6 +109,9 @@ class DirectEncoder:
     async def load(self, model_id: str) -> ModelInfo:
         raise UnknownModelError(f"model {model_id} is not loaded")
 
+    async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector:
+        return QueryVector(self.info.model_id, self.encoder.encode_image(image))
+
 
 def make_service(
     encoder: QueryEncoder, indexed: IndexedVideos, store_path: Path, **kwargs: Any
@@ -546,3 +549,40 @@ def test_moments_keep_the_models_order(client: TestClient, encoder: QueryEncoder
     assert all(h["best_moment_s"] is None for h in plain["results"])
     for hit in with_moments["results"]:
         assert hit["best_moment_s"] in hit["frame_ts"]
+
+
+def test_search_by_image_and_similar_videos(
+    client: TestClient, indexed_videos: IndexedVideos, encoder: QueryEncoder
+) -> None:
+    """A frame of an indexed video (PNG, base64) finds that video; `similar` never returns
+    the video itself; a bad image is a 422."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from adaclip.decode import decode_candidates
+
+    first = 0
+    for video_id, path in indexed_videos.videos.items():
+        decoded = decode_candidates(path, 8, size=None)
+        png = io.BytesIO()
+        Image.fromarray(decoded.frames[3]).save(png, format="PNG")
+        body = {"image": base64.b64encode(png.getvalue()).decode(), "top_k": 6}
+        r = client.post("/search", json=body)
+        assert r.status_code == 200, r.text
+        assert not r.json()["reranked"] and r.json()["model_id"] == encoder.info.model_id
+        first += r.json()["results"][0]["video_id"] == video_id
+
+        r = client.get(f"/videos/{video_id}/similar", params={"top_k": 3})
+        assert r.status_code == 200, r.text
+        ids = [h["video_id"] for h in r.json()["results"]]
+        assert len(ids) == 3 and video_id not in ids and r.json()["video_id"] == video_id
+    print(f"image query: own video first for {first}/{len(indexed_videos.videos)}")
+    assert first > len(indexed_videos.videos) / 2
+    assert client.get("/videos/nope/similar").status_code == 404
+    assert client.get("/videos/video00001/similar", params={"top_k": 0}).status_code == 422
+    not_image = base64.b64encode(b"plain text, no image").decode()
+    for bad in ({"image": not_image}, {"image": "%%%"}, {"query": "a", "image": not_image}):
+        r = client.post("/search", json=bad)
+        assert r.status_code == 422 and r.json()["error"], (bad, r.text)
