@@ -86,7 +86,8 @@ def train(settings: DemoSettings, work: Path, bucket: Path) -> str:
 
 
 def untrained_checkpoint(settings: DemoSettings, work: Path, bucket: Path) -> str:
-    """The same architecture before training: the baseline the demo compares against."""
+    """The model training starts from (same configuration, same seed), saved untrained: the
+    baseline the demo compares the trained model with on the same split."""
     import torch
 
     from adaclip.checkpoint import save_checkpoint

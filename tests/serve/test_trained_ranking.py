@@ -71,6 +71,7 @@ def _search(url: str, query: str) -> list[dict[str, Any]]:
     return results
 
 
+@pytest.mark.timeout(1800)  # the limit counts the fixture's training: 30 epochs of 144 clips
 def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -> None:
     from ray import serve
 
