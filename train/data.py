@@ -3,13 +3,16 @@
 ``decode_split`` resolves a split's videos (missing files are reported, not fatal), runs
 :func:`adaclip.decode.decode_candidates` (the ingestion job's decoder) in Ray Data actors,
 and materialises the result in the object store (spilling to disk when it is large): the
-cache that lets epochs after the first skip decoding. Videos that fail to decode are
+cache that lets epochs after the first skip decoding. With a frame store
+(:mod:`train.frame_store`, ``adaclip train``'s default) decoded candidates also persist on
+disk or s3:// across runs: a later run or resubmission decodes only new or changed videos. Videos that fail to decode are
 reported once and dropped. Rows are ``video_id`` (str), ``frames`` (N, S, S, 3) uint8 and
 ``captions`` (JSON list of strings); the training loop draws a caption per epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from train.datasets import VideoRecord, load_split, resolve_videos
+from train.frame_store import FrameStore
 from train.settings import DataSettings
 
 if TYPE_CHECKING:
@@ -53,7 +57,8 @@ class DecodedSplit:
     num_videos: int
     num_captions: int
     failures: list[dict[str, str]] = field(default_factory=list)  # video_id, reason, message
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0  # decoding (or reading the frame store) and materialising
+    decoded_videos: int | None = None  # videos decoded now (None: no frame store)
 
 
 class DecodeCandidates:
@@ -122,8 +127,15 @@ def decode_records(
     uris: list[str],
     options: DecodeOptions,
     missing: list[str] | None = None,
+    *,
+    etags: list[str] | None = None,
+    store: FrameStore | None = None,
 ) -> DecodedSplit:
-    """Decode and materialise ``records`` (with their URIs) as a Ray dataset."""
+    """Decode and materialise ``records`` (with their URIs) as a Ray dataset.
+
+    With a ``store`` (and the videos' ``etags``) only videos it does not hold yet are
+    decoded, written to it, and the split is read back from it (:mod:`train.frame_store`).
+    """
     import ray.data
 
     failures = [
@@ -132,6 +144,8 @@ def decode_records(
     ]
     if not records:
         raise ValueError(f"split {name!r}: none of its videos were found")
+    if store is not None and etags is not None:
+        return _decode_through_store(name, records, uris, etags, options, failures, store)
     rows = [
         {"video_id": r.video_id, "uri": uri, "captions": json.dumps(list(r.captions))}
         for r, uri in zip(records, uris, strict=True)
@@ -174,12 +188,100 @@ def decode_records(
     )
 
 
+def _decode_through_store(
+    name: str,
+    records: list[VideoRecord],
+    uris: list[str],
+    etags: list[str],
+    options: DecodeOptions,
+    failures: list[dict[str, str]],
+    store: FrameStore,
+) -> DecodedSplit:
+    """Decode what the store lacks, append it, read the whole split back from the store."""
+    import ray.data
+
+    from train.frame_store import join_captions, store_key, stored_rows, to_store_rows
+
+    start = time.perf_counter()
+    folder = store.folder(options.num_candidates, options.frame_size, options.frames_dir)
+    keys = [store_key(u, e) for u, e in zip(uris, etags, strict=True)]
+    stored = stored_rows(store, folder)
+    todo = [i for i, key in enumerate(keys) if key not in stored]
+    fs, path = store.filesystem(folder)
+    if todo:
+        rows = [{"video_id": records[i].video_id, "uri": uris[i], "captions": "[]"} for i in todo]
+        options = replace(options, remote=any(uris[i].startswith("s3://") for i in todo))
+        decoded = _decode_dataset(rows, options).map_batches(
+            functools.partial(to_store_rows, keys={records[i].video_id: keys[i] for i in todo}),
+            batch_format="numpy",
+            num_cpus=options.num_cpus,
+        )
+        decoded.write_parquet(path, filesystem=fs)
+        stored = stored_rows(store, folder)
+    wanted, bad = {}, set()
+    for record, key in zip(records, keys, strict=True):
+        shard, error = stored[key]
+        if error:
+            bad.add(record.video_id)
+            failures.append({"video_id": record.video_id, "reason": "decode", "message": error})
+        else:
+            wanted[key] = (shard, record.video_id, json.dumps(list(record.captions)))
+    for failure in failures:
+        logger.warning("split %s: left out %s (%s)", name, failure["video_id"], failure["message"])
+    if not wanted:
+        raise ValueError(f"split {name!r}: no video could be decoded")
+    shards = sorted({shard for shard, _, _ in wanted.values()})
+    n, size = options.num_candidates, options.frame_size
+    frame_shape = (n, size, size, 3)
+    ds = ray.data.read_parquet(
+        shards,
+        filesystem=fs,
+        columns=["key", "frames"],
+        include_paths=True,
+        num_cpus=options.num_cpus,  # fractional: fits beside anything on a 2-core node
+    ).map_batches(
+        functools.partial(join_captions, wanted=wanted, shape=frame_shape),
+        batch_format="numpy",
+        num_cpus=options.num_cpus,
+    )
+    ds = ds.materialize()
+    logger.info(
+        "split %s: %d videos decoded now, %d read from the frame store %s",
+        name, len(todo), len(records) - len(todo), folder,
+    )  # fmt: skip
+    return DecodedSplit(
+        name=name,
+        dataset=ds,
+        num_videos=len(wanted),
+        num_captions=sum(len(r.captions) for r in records if r.video_id not in bad),
+        failures=failures,
+        decode_seconds=time.perf_counter() - start,
+        decoded_videos=len(todo),
+    )
+
+
+def _decode_dataset(rows: list[dict[str, str]], options: DecodeOptions) -> ray.data.Dataset:
+    """A lazy dataset of decoded rows (``DecodeCandidates`` in an actor pool)."""
+    import ray.data
+
+    num_blocks = max(1, min(len(rows) // max(1, options.batch_size), 200))
+    return ray.data.from_items(rows, override_num_blocks=num_blocks).map_batches(
+        DecodeCandidates,
+        fn_constructor_kwargs={"options": options},
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        num_cpus=options.num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=options.concurrency),
+    )
+
+
 def decode_split(
     annotations_dir: str,
     split: str,
     dataset: str,
     videos_root: str,
     options: DecodeOptions,
+    store: FrameStore | None = None,
 ) -> DecodedSplit:
     """Load ``<annotations_dir>/<split>.json``, match videos, decode and materialise them."""
     records = load_split(annotations_dir, split, dataset)
@@ -189,7 +291,15 @@ def decode_split(
         s3_endpoint_url=options.s3_endpoint_url,
         frames_dir=options.frames_dir,
     )
-    return decode_records(split, resolved.records, resolved.uris, options, resolved.missing)
+    return decode_records(
+        split,
+        resolved.records,
+        resolved.uris,
+        options,
+        resolved.missing,
+        etags=resolved.etags,
+        store=store,
+    )
 
 
 def batch_frames(batch: dict[str, Any]) -> torch.Tensor:

@@ -15,7 +15,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,7 @@ class ResolvedSplit:
     records: list[VideoRecord]
     uris: list[str]
     missing: list[str]
+    etags: list[str] = field(default_factory=list)  # by record: a version for the frame store
 
 
 def resolve_videos(
@@ -139,38 +140,44 @@ def resolve_videos(
         available = _list_s3_names(videos_root, s3_endpoint_url)
         base = videos_root.rstrip("/") + "/"
     else:
+        from pipelines.object_fetch import local_etag
+
         root = Path(videos_root)
         if not root.is_dir():
             raise AnnotationError(f"videos root {root} is not a folder")
-        available = {p.name for p in root.iterdir()}
+        available = {p.name: local_etag(p.stat()) for p in root.iterdir()}
         base = str(root.resolve()) + os.sep
-    found, uris, missing = [], [], []
+    found, uris, missing, etags = [], [], [], []
     for record in records:
         if record.filename in available:
             found.append(record)
             uris.append(base + record.filename)
+            etags.append(available[record.filename])
         else:
             missing.append(record.video_id)
-    return ResolvedSplit(found, uris, missing)
+    return ResolvedSplit(found, uris, missing, etags)
 
 
 def _resolve_frame_folders(records: Sequence[VideoRecord], root: Path) -> ResolvedSplit:
     if not root.is_dir():
         raise AnnotationError(f"frames folder {root} is not a folder")
-    available = {p.name for p in root.iterdir() if p.is_dir()}
-    found = [r for r in records if r.video_id in available]
-    missing = [r.video_id for r in records if r.video_id not in available]
-    return ResolvedSplit(found, [str((root / r.video_id).resolve()) for r in found], missing)
+    from pipelines.sources import list_frame_folders
+
+    etag_of = {v.video_id: v.etag for v in list_frame_folders(root)}
+    found = [r for r in records if r.video_id in etag_of]
+    missing = [r.video_id for r in records if r.video_id not in etag_of]
+    uris = [str((root / r.video_id).resolve()) for r in found]
+    return ResolvedSplit(found, uris, missing, [etag_of[r.video_id] for r in found])
 
 
-def _list_s3_names(prefix: str, s3_endpoint_url: str | None) -> set[str]:
-    """Object names directly under an s3:// prefix (through pipelines.sources)."""
+def _list_s3_names(prefix: str, s3_endpoint_url: str | None) -> dict[str, str]:
+    """Object names directly under an s3:// prefix and their etags (pipelines.sources)."""
     from pipelines.sources import list_videos
 
     base = prefix.rstrip("/") + "/"
-    names = set()
+    names = {}
     for item in list_videos(prefix, s3_endpoint_url=s3_endpoint_url):
         uri = str(getattr(item, "uri", item))
         if uri.startswith(base):
-            names.add(uri[len(base) :])
+            names[uri[len(base) :]] = str(getattr(item, "etag", ""))
     return names

@@ -1,7 +1,8 @@
 """``adaclip train`` / ``python -m train.run``: the Ray Train job.
 
 The driver decodes the train and validation splits once with Ray Data (materialised: the
-frame cache of every later epoch), starts a ``TorchTrainer`` (fixed or elastic worker
+frame cache of every later epoch; persisted in the frame store, ``--frame-store``, so a
+resumed or resubmitted run decodes only what changed), starts a ``TorchTrainer`` (fixed or elastic worker
 count, failure retries, checkpoints under ``--storage-path/--name``), then exports the
 epoch with the best VALIDATION text-to-video R@1 as a plain checkpoint folder
 (``<output>/best``) that ``adaclip index`` and the server load, and writes one JSON report
@@ -23,6 +24,7 @@ from typing import Any
 from adaclip.config import AdaClipConfig
 from train.data import DecodedSplit, decode_options, decode_split
 from train.evaluate import PRIMARY_METRIC, format_metrics, write_report
+from train.frame_store import FrameStore
 from train.loop import HISTORY_FILE, LoopConfig, train_loop_per_worker
 from train.progress import EpochProgress
 from train.settings import TrainSettings, parse_with_config
@@ -42,6 +44,7 @@ class TrainRunResult:
     history: list[dict[str, Any]]
     failures: list[dict[str, str]] = field(default_factory=list)
     decode_seconds: dict[str, float] = field(default_factory=dict)
+    decoded_videos: dict[str, int | None] = field(default_factory=dict)  # not from the store
     num_workers: int | tuple[int, int] = 1
     num_nodes: int = 1  # distinct Ray nodes the workers of the last epoch ran on
 
@@ -168,6 +171,16 @@ def describe_batch_plans(settings: TrainSettings, num_train_videos: int) -> list
     return lines
 
 
+def frame_store(settings: TrainSettings) -> FrameStore | None:
+    """``--frame-store URI`` (``auto``: ``<output>/frame_store``; none: no store)."""
+    if not settings.frame_store:
+        return None
+    root = settings.frame_store
+    if root == "auto":
+        root = str(Path(settings.output).resolve() / "frame_store")
+    return FrameStore(root, s3_endpoint_url=settings.s3_endpoint_url)
+
+
 def _has_snapshot(settings: TrainSettings) -> bool:
     if "://" in settings.storage_path:
         return False  # a remote run folder is checked by Ray Train itself
@@ -219,7 +232,12 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
     splits: dict[str, DecodedSplit] = {}
     for role, split in (("train", settings.train_split), ("val", settings.val_split)):
         splits[role] = decode_split(
-            settings.annotations_dir, split, settings.dataset, settings.videos_root, options
+            settings.annotations_dir,
+            split,
+            settings.dataset,
+            settings.videos_root,
+            options,
+            store=frame_store(settings),
         )
         logger.info(
             "decoded %s split %s: %d videos in %.1fs (%d left out)",
@@ -298,6 +316,7 @@ def finish_run(
         history=history,
         failures=failures,
         decode_seconds={role: s.decode_seconds for role, s in splits.items()},
+        decoded_videos={role: s.decoded_videos for role, s in splits.items()},
         num_workers=settings.workers,
         num_nodes=int(history[-1].get("num_nodes", 1)) if history else 1,
     )

@@ -167,6 +167,11 @@ class TrainSettings(DataSettings):
         description="checkpoints kept: the best by validation R@1 (plus the latest, for "
         "resuming); 0 or none keeps all",
     )
+    frame_store: str | None = Field(
+        None,
+        description="persistent store of decoded candidate frames (folder or s3://), shared "
+        "by runs and machines; 'auto': <output>/frame_store; none: decode every run",
+    )
     max_worker_batch: int | None = Field(
         None,
         description="bound on videos per worker and step; when the world size shrinks "
