@@ -104,6 +104,14 @@ def test_store_command_status_and_stop(ray_cluster: Any, tmp_path: Path) -> None
         cmd = [sys.executable, "-m", "adaclip.cli", "store", *args, "--ray-address", address]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
+    # a process off the cluster finds the folder held and reads through the actor
+    ls = subprocess.run(
+        [sys.executable, "-m", "adaclip.cli", "ls", "--qdrant-path", folder,
+         "--collection", "videos", "--ray-address", address],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ls.returncode == 0, ls.stderr
+    assert "s3://bucket/clips/v001.mp4" in ls.stdout and "1 videos in videos" in ls.stdout
     status = run("status")
     assert status.returncode == 0, status.stderr
     assert actor_name(folder) in status.stdout and '"videos"' in status.stdout
