@@ -248,7 +248,7 @@ def main() -> None:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"machine: {machine()}; before: {load_average()}", flush=True)
     results: dict[str, dict[str, float]] = {}
     try:
