@@ -231,13 +231,17 @@ class ServerVideoStore(VideoStore):
         limit: int,
         exclude: Filter = (),
     ) -> tuple[list[Row], str | None]:
-        points, next_offset = self._client.scroll(
-            self._require(),
-            scroll_filter=_client_filter(flt, exclude),
-            limit=limit,
-            offset=offset,
-            with_payload=True if fields is None else fields,
-            with_vectors=False,
+        points, next_offset = self._retrying(
+            partial(
+                self._client.scroll,
+                self._require(),
+                scroll_filter=_client_filter(flt, exclude),
+                limit=limit,
+                offset=offset,
+                with_payload=True if fields is None else fields,
+                with_vectors=False,
+            ),
+            "scroll",
         )
         return [row_from_point(p) for p in points], (
             None if next_offset is None else str(next_offset)
@@ -277,9 +281,12 @@ class ServerVideoStore(VideoStore):
             )
 
     def _count_points(self, flt: Filter = ()) -> int:
-        return self._client.count(
-            self._require(), count_filter=_client_filter(flt), exact=True
-        ).count
+        name, count_filter = self._require(), _client_filter(flt)
+        return int(
+            self._retrying(
+                partial(self._client.count, name, count_filter=count_filter, exact=True), "count"
+            ).count
+        )
 
     def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
         name = self._require()

@@ -121,7 +121,7 @@ class Outage:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.client, name)
-        if name not in {"upsert", "retrieve", "set_payload", "delete"}:
+        if name not in {"upsert", "retrieve", "set_payload", "delete", "scroll", "count"}:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -146,9 +146,12 @@ def test_a_few_seconds_of_unavailability_lose_nothing() -> None:
     for batch in batches:  # the default policy: the job's own
         store.upsert(batch)
     assert time.monotonic() - start >= 2.4 and outage.refused >= 3
+    refused = outage.refused
+    outage.down.set()  # down again: the reads the job makes (skip check, count) wait too
+    threading.Timer(1.0, outage.down.clear).start()
     known = store.lookup([r.uri for b in batches for r in b])
     assert len(known) == 200 and known["s3://b/v0123.mp4"].etag == "e123"
-    assert store.count() == 200
+    assert store.count() == 200 and outage.refused > refused
     store.close()
 
 
