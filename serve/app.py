@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from pipelines.settings import default_collection
 from serve.encoder import InlineEncoder, ModelInfo, QueryVector, TextEncoder
-from serve.settings import ServeSettings
+from serve.settings import ServeSettings, check_auth
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,27 @@ def build_app(args: dict[str, Any] | ServeSettings) -> serve.Application:
 
     Returns:
         The bound application.
+
+    Raises:
+        OpenApiRefused: no `api_key` and no `allow_unauthenticated`, unless Serve's HTTP
+            proxy already runs on a loopback host (production configs bind 0.0.0.0).
     """
     settings = args if isinstance(args, ServeSettings) else ServeSettings(**args)
+    check_auth(settings, serve_http_host())
     return app_from_settings(settings)
+
+
+def serve_http_host() -> str | None:
+    """Where the running Serve instance's HTTP proxies listen (None: no Serve, or no Ray, in
+    this process: unknown). Never starts Ray or Serve."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return None if client is None else str(client.http_config.host)
+    except Exception:  # no controller, or one that does not answer: unknown
+        return None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.settings import default_collection, parse_settings
-from serve.settings import SearchSettings, ServeSettings
+from serve.settings import OpenApiRefused, SearchSettings, ServeSettings, check_auth
 
 
 def start_server(settings: ServeSettings) -> str:
@@ -24,6 +24,7 @@ def start_server(settings: ServeSettings) -> str:
 
     from serve.app import app_from_settings
 
+    check_auth(settings, settings.host)
     if not ray.is_initialized():
         if settings.direct_ingress and not settings.ray_address:
             # read by the controller and the replicas of the local cluster started here
@@ -49,6 +50,11 @@ def start_server(settings: ServeSettings) -> str:
     client = _get_global_client()
     assert client is not None, "serve.start() connected no client"
     http = client.http_config
+    try:
+        check_auth(settings, http.host)  # Serve already ran elsewhere: that host counts
+    except OpenApiRefused:
+        serve.delete(settings.app_name)
+        raise
     if (http.host, http.port) != (settings.host, settings.port):
         print(
             f"note: Serve already runs in this Ray cluster on {http.host}:{http.port}; "
@@ -128,7 +134,18 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(ServeSettings, argv, "adaclip serve")
     from ray import serve
 
+    try:
+        check_auth(settings, settings.host)
+    except OpenApiRefused as err:
+        print(f"adaclip serve: {err}", file=sys.stderr)
+        return 2
     url = start_server(settings)
+    if not settings.api_key:
+        print(
+            f"note: no --api-key: the search API is open to anyone who can reach "
+            f"{settings.host}:{settings.port}",
+            flush=True,
+        )
     print(f"AdaCLIP search on {url}/  (API docs {url}/docs); Ctrl-C stops it", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

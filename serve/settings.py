@@ -33,7 +33,18 @@ class ServeSettings(StoreSettings):
     route_prefix: str = Field("/", description="URL prefix of the application")
     ray_address: str | None = Field(None, description="Ray cluster address (default: local/auto)")
     api_key: str | None = Field(
-        None, description="require this key in the X-API-Key header (none: open API)"
+        None,
+        description=(
+            "require this key in the X-API-Key header (none: refused unless"
+            " --allow-unauthenticated, or `adaclip serve` on a loopback host)"
+        ),
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description=(
+            "serve an open API without --api-key, deliberately (not needed for `adaclip"
+            " serve` bound to a loopback host: only this machine can reach it)"
+        ),
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS, comma separated ('*': any)"
@@ -122,6 +133,48 @@ class ServeSettings(StoreSettings):
         if not value.startswith("/"):
             raise ValueError("route_prefix must start with '/'")
         return value
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "ip6-localhost"})
+
+
+class OpenApiRefused(ValueError):
+    """No API key and no deliberate `allow_unauthenticated`: the server would be open."""
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` only accepts connections from this machine (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(settings: ServeSettings, http_host: str | None) -> None:
+    """Refuse an open API unless it is deliberate.
+
+    An API key, or `allow_unauthenticated`, is required; the one exception is an HTTP
+    proxy bound to a loopback address (`http_host`, when the caller knows where Serve
+    listens), which nothing off this machine can reach.
+
+    Raises:
+        OpenApiRefused: neither, with what to pass instead.
+    """
+    if settings.api_key or settings.allow_unauthenticated or is_loopback(http_host):
+        return
+    where = f"on {http_host}" if http_host else "where Serve's HTTP proxy listens"
+    raise OpenApiRefused(
+        f"refusing to serve an open search API {where}: set an API key (--api-key KEY, "
+        f"ADACLIP_API_KEY, or api_key in the Serve config), or pass "
+        f"--allow-unauthenticated (allow_unauthenticated: true) to serve without one on "
+        f"purpose; `adaclip serve` on a loopback --host (127.0.0.1, the default) needs neither"
+    )
 
 
 class SearchSettings(JobSettings):

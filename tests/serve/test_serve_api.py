@@ -421,7 +421,9 @@ def test_settings_and_builder(
         ServeSettings()  # type: ignore[call-arg]  # checkpoint is required
     with pytest.raises(ValidationError):
         build_app({"checkpoint": "x", "no_such_setting": 1})
-    assert build_app({"checkpoint": str(indexed_videos.checkpoint)}) is not None
+    checkpoint = str(indexed_videos.checkpoint)
+    assert build_app({"checkpoint": checkpoint, "allow_unauthenticated": True}) is not None
+    assert build_app({"checkpoint": checkpoint, "api_key": "k"}) is not None
     enc = encoder_options(
         ServeSettings(checkpoint="c", min_replicas=1, max_replicas=3, use_gpu=True)
     )
@@ -430,6 +432,40 @@ def test_settings_and_builder(
     assert ingress_options(ServeSettings(checkpoint="c"))["num_replicas"] == 1  # embedded
     remote = ingress_options(ServeSettings(checkpoint="c", qdrant_url="http://q:6333"))
     assert remote["autoscaling_config"]["max_replicas"] == 2
+
+
+def test_an_open_api_is_deliberate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No API key: refused unless --allow-unauthenticated, or the HTTP proxy listens on a
+    loopback address only (adaclip serve's default --host 127.0.0.1)."""
+    import serve.app
+    from serve.app import build_app
+    from serve.cli import serve_main
+    from serve.settings import OpenApiRefused, check_auth, is_loopback
+
+    monkeypatch.delenv("ADACLIP_API_KEY", raising=False)
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.7", "example.com"))
+    open_ = ServeSettings(checkpoint="c")
+    for host in ("0.0.0.0", "::", "192.168.1.4", None):
+        with pytest.raises(OpenApiRefused, match="--allow-unauthenticated"):
+            check_auth(open_, host)
+    check_auth(open_, "127.0.0.1")
+    check_auth(ServeSettings(checkpoint="c", api_key="k"), "0.0.0.0")
+    check_auth(ServeSettings(checkpoint="c", allow_unauthenticated=True), "0.0.0.0")
+    # serve run / serve deploy: Serve's own HTTP host decides (unknown: refused)
+    for host, refused in ((None, True), ("0.0.0.0", True), ("127.0.0.1", False)):
+        monkeypatch.setattr(serve.app, "serve_http_host", lambda host=host: host)
+        if refused:
+            with pytest.raises(OpenApiRefused):
+                build_app({"checkpoint": "c"})
+        else:
+            assert build_app({"checkpoint": "c"}) is not None
+    # adaclip serve on every interface without a key: a clear refusal before anything starts
+    assert serve_main(["--checkpoint", "c", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to serve an open search API on 0.0.0.0" in err and "--api-key" in err
 
 
 def test_where_queries_are_encoded() -> None:
