@@ -152,3 +152,45 @@ def test_a_nan_row_in_the_sink_is_reported_and_the_rest_written(
             "s3://b/v1.mp4", "s3://b/v4.mp4", "s3://b/v6.mp4", "s3://b/v7.mp4"
         ]  # fmt: skip
     ray.kill(report)
+
+
+def test_the_model_actor_reports_its_culprits(checkpoint: Path) -> None:
+    """EmbedVideos with a real tiny model: an out-of-memory on the batch and a NaN vector
+    for one video; the others come out, the culprits go to the failure reporter."""
+    from pipelines.embed import EmbedVideos
+
+    class Rows:
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = []
+
+        def record(self, rows: list[dict[str, Any]]) -> None:
+            self.rows += rows
+
+    reported = Rows()
+    stage = EmbedVideos(str(checkpoint), None, False, 64, None, reported)
+    real = stage.model.encode_video
+    n = stage.model.config.num_candidates
+
+    def encode_video(frames: torch.Tensor) -> VideoEncoding:
+        markers = frames[:, 0, 0, 0, 0].tolist()
+        if OOM in markers and len(markers) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        enc = real(frames)
+        for i, m in enumerate(markers):
+            if m == NAN:
+                enc.video[i, 0] = float("nan")
+        return enc
+
+    stage.model.encode_video = encode_video  # type: ignore[method-assign]
+    batch = decoded_batch([1, OOM, NAN, 4])
+    rng = np.random.default_rng(0)
+    frames = rng.integers(10, 250, size=(4, n, 64, 64, 3), dtype=np.uint8)
+    frames[:, 0, 0, 0, 0] = [1, OOM, NAN, 4]
+    batch["frames"] = frames
+    batch["timestamps"] = np.tile(np.arange(n, dtype=np.float64), (4, 1))
+    out = stage(batch)
+    assert sorted(out["uri"]) == ["s3://b/v1.mp4", "s3://b/v2.mp4", "s3://b/v4.mp4"]
+    assert np.isfinite(out["video_vector"]).all()
+    assert [(r["uri"], r["stage"], r["reason"]) for r in reported.rows] == [
+        ("s3://b/v3.mp4", "embed", "bad_vector")
+    ]
