@@ -187,6 +187,7 @@ def build_dataset(
         return ds
     # small blocks, so that every decode actor gets work while the listing goes on
     ds = ds.repartition(target_num_rows_per_block=settings.decode_batch_size)
+    _set_task_cpus(ds, PLAN_TASK_CPUS)
     use_gpu = settings.use_gpu
     if use_gpu is None:  # GPUs now, or GPU nodes the autoscaler can launch (from zero)
         use_gpu = cluster_can_have_gpus()
@@ -233,6 +234,16 @@ def build_dataset(
         num_cpus=settings.model_cpus if not use_gpu else 1,
         resources=settings.model_resources or None,
     )
+
+
+def _set_task_cpus(ds: Any, num_cpus: float) -> None:
+    """CPUs of the last operator's tasks. Ray 2.60's ``repartition`` takes no remote args
+    and its tasks ask for a whole CPU: on nodes whose CPUs the decode and model actors hold
+    in halves (a 1-CPU node, a 2-CPU machine) such a task is never scheduled."""
+    op = ds._logical_plan.dag
+    args = getattr(op, "ray_remote_args", None)
+    if isinstance(args, dict):
+        args["num_cpus"] = num_cpus
 
 
 def store_target(settings: IndexSettings, model: CheckpointInfo) -> StoreTarget:
