@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# whichever test runs first pays for the module fixture's training (30 epochs of 144 clips)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 CONFIG = Path(__file__).resolve().parents[2] / "train" / "configs" / "synthetic.json"
 
 
@@ -71,7 +72,6 @@ def _search(url: str, query: str) -> list[dict[str, Any]]:
     return results
 
 
-@pytest.mark.timeout(1800)  # the limit counts the fixture's training: 30 epochs of 144 clips
 def test_held_out_captions_rank_their_own_video_first(trained: dict[str, Any]) -> None:
     from ray import serve
 
