@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipelines.settings import default_collection, parse_settings
@@ -163,15 +166,24 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def search_main(argv: Sequence[str] | None = None) -> int:
-    """`adaclip search TEXT [--url URL | --local --checkpoint DIR ...]`: print the hits."""
-    settings = parse_settings(SearchSettings, argv, "adaclip search")
-    body: dict[str, Any] = {"query": settings.query, "top_k": settings.top_k}
-    if settings.uri_prefix:
-        body["filter"] = {"uri_prefix": settings.uri_prefix}
-    if settings.rerank != "auto":
-        body["rerank"] = settings.rerank == "on"
+    """`adaclip search TEXT | --image FILE | --like VIDEO_ID [--url URL | --local ...]`:
+    print the hits."""
+    from pydantic import ValidationError
+
     try:
-        data = search_local(settings, body) if settings.local else search_http(settings, body)
+        settings = parse_settings(SearchSettings, argv, "adaclip search")
+    except ValidationError as err:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        print(f"adaclip search: {reasons}", file=sys.stderr)
+        return 2
+    try:
+        body = search_body(settings)
+        if settings.local:
+            data = search_local(settings, body)
+        elif settings.like:
+            data = similar_http(settings, settings.like)
+        else:
+            data = search_http(settings, body)
     except SearchFailed as err:
         print(f"adaclip search: {err}", file=sys.stderr)
         return 1
@@ -186,16 +198,71 @@ class SearchFailed(RuntimeError):
     """The search could not be answered (message for the user)."""
 
 
-def search_http(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any]:
-    """POST `body` to `<url>/search` and return the decoded response."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+# An uploaded image above this many bytes is re-encoded smaller: the server's default body
+# limit (--max-body-bytes 65536) holds its base64 (4/3 larger) with room for the JSON.
+MAX_IMAGE_UPLOAD_BYTES = 45_000
+
+
+def search_body(settings: SearchSettings) -> dict[str, Any]:
+    """The `POST /search` body of a text or image query (unused for --like)."""
+    body: dict[str, Any] = {"top_k": settings.top_k}
+    if settings.image:
+        body["image"] = base64.b64encode(upload_image(settings.image)).decode()
+    else:
+        body["query"] = settings.query or ""
+    if settings.uri_prefix:
+        body["filter"] = {"uri_prefix": settings.uri_prefix}
+    if settings.rerank != "auto":
+        body["rerank"] = settings.rerank == "on"
+    return body
+
+
+def upload_image(path: str, max_bytes: int = MAX_IMAGE_UPLOAD_BYTES) -> bytes:
+    """The image file's bytes; a large one re-encoded as a JPEG of at most 448 px a side
+    (the server crops the centre square and scales it to CLIP's input size anyway).
+
+    Raises:
+        SearchFailed: the file cannot be read, or is no image.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise SearchFailed(f"cannot read {path}: {err}") from err
+    if len(data) <= max_bytes:
+        return data
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise SearchFailed(f"{path} is not a readable image: {err}") from err
+    side = 448
+    while True:
+        small = image.copy()
+        small.thumbnail((side, side))
+        out = io.BytesIO()
+        small.save(out, format="JPEG", quality=90)
+        if out.tell() <= max_bytes or side <= 64:
+            return out.getvalue()
+        side //= 2
+
+
+def _http_json(
+    settings: SearchSettings, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     if settings.api_key:
         headers["X-API-Key"] = settings.api_key
     request = urllib.request.Request(
-        settings.url.rstrip("/") + "/search",
-        data=json.dumps(body).encode(),
+        settings.url.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
         headers=headers,
-        method="POST",
+        method="GET" if body is None else "POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
@@ -211,15 +278,26 @@ def search_http(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any
         raise SearchFailed(f"cannot reach {settings.url}: {err}") from err
 
 
+def search_http(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body` to `<url>/search` and return the decoded response."""
+    return _http_json(settings, "/search", body)
+
+
+def similar_http(settings: SearchSettings, video_id: str) -> dict[str, Any]:
+    """`GET <url>/videos/{video_id}/similar?top_k=N`, decoded."""
+    path = f"/videos/{urllib.parse.quote(video_id, safe='')}/similar?top_k={settings.top_k}"
+    return _http_json(settings, path)
+
+
 def search_local(settings: SearchSettings, body: dict[str, Any]) -> dict[str, Any]:
-    """Answer `body` in process: encode with the checkpoint, query the store directly."""
+    """Answer `body` (or --like) in process: encode with the checkpoint, query the store."""
     if not settings.checkpoint:
         raise SearchFailed("--local needs --checkpoint")
     from pipelines.store import open_store
     from serve.encoder import InlineEncoder
     from serve.media import MediaResolver
     from serve.schemas import SearchRequest
-    from serve.search import SearchService, UnavailableError
+    from serve.search import BadQueryError, SearchService, UnavailableError
 
     encoder = InlineEncoder(settings.checkpoint, s3_endpoint_url=settings.s3_endpoint_url)
     service = SearchService(
@@ -233,8 +311,13 @@ def search_local(settings: SearchSettings, body: dict[str, Any]) -> dict[str, An
         media=MediaResolver(None, settings.s3_endpoint_url),
     )
     try:
+        if settings.like:
+            found = asyncio.run(service.similar(settings.like, settings.top_k))
+            if found is None:
+                raise SearchFailed(f"no video {settings.like!r} in the index")
+            return found.model_dump()
         response = asyncio.run(service.search(SearchRequest.model_validate(body)))
-    except UnavailableError as err:
+    except (UnavailableError, BadQueryError) as err:
         raise SearchFailed(str(err)) from err
     finally:
         service.close()

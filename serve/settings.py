@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import CliPositionalArg, NoDecode
 
 from pipelines.settings import JobSettings, StoreSettings
@@ -180,7 +180,15 @@ def check_auth(settings: ServeSettings, http_host: str | None) -> None:
 class SearchSettings(JobSettings):
     """`adaclip search TEXT`: query a running server, or the index directly with --local."""
 
-    query: CliPositionalArg[str] = Field(description="text to search for")
+    query: CliPositionalArg[str | None] = Field(
+        None, description="text to search for (or --image FILE, or --like VIDEO_ID)"
+    )
+    image: str | None = Field(
+        None, description="search by example: videos that look like this image file"
+    )
+    like: str | None = Field(
+        None, description="more like this: videos near this indexed video_id (never itself)"
+    )
     url: str = Field("http://127.0.0.1:8000", description="base URL of the running server")
     api_key: str | None = Field(None, description="the server's API key (X-API-Key)")
     top_k: int = Field(10, ge=1, le=100, description="number of results")
@@ -199,3 +207,10 @@ class SearchSettings(JobSettings):
     qdrant_url: str | None = Field(None, description="Qdrant server URL (with --local)")
     qdrant_api_key: str | None = Field(None, description="Qdrant server API key (with --local)")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (with --local)")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchSettings:
+        given = [name for name in ("query", "image", "like") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of TEXT, --image FILE and --like VIDEO_ID")
+        return self

@@ -7,6 +7,7 @@ Ray Serve in test_serve_http.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from serve_fixtures import IndexedVideos
 
 from pipelines.store import open_store
 from serve.api import ApiOptions, create_api
+from serve.cli import MAX_IMAGE_UPLOAD_BYTES, upload_image
 from serve.encoder import (
     ModelInfo,
     QueryCache,
@@ -507,6 +509,26 @@ def test_config_yaml_is_a_valid_deploy_config() -> None:
     ServeSettings(**app.args)  # the builder accepts these args
 
 
+def frame_png(video: Path, size: int = 0) -> bytes:
+    """The most detailed of a video's 8 candidate frames as PNG (scaled to `size` px a side
+    with per-pixel noise, a large upload, when given)."""
+    import io
+
+    from PIL import Image
+
+    from adaclip.decode import decode_candidates
+
+    frames = decode_candidates(video, 8, size=None).frames
+    image = Image.fromarray(max(frames, key=lambda f: float(f.std())))
+    if size:
+        image = image.resize((size, size))
+        noise = np.random.default_rng(0).integers(0, 24, (size, size, 3), dtype=np.uint8)
+        image = Image.fromarray(np.asarray(image) | noise)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_search_cli_local(
     indexed_videos: IndexedVideos, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -519,6 +541,23 @@ def test_search_cli_local(
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("3 results")
     assert "video0000" in lines[0] and "@" in lines[0]
+    local = ["--local", "--checkpoint", str(indexed_videos.checkpoint)]
+    local += ["--qdrant-path", str(tmp_path / "q"), "--json-output"]
+    assert main(["search", "--like", "video00002", "--top-k", "3", *local]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    assert similar["video_id"] == "video00002" and len(similar["results"]) == 3
+    assert "video00002" not in [hit["video_id"] for hit in similar["results"]]
+    image = tmp_path / "frame.png"
+    image.write_bytes(frame_png(indexed_videos.videos["video00003"], size=600))
+    assert image.stat().st_size > MAX_IMAGE_UPLOAD_BYTES  # re-encoded smaller for the upload
+    assert len(upload_image(str(image))) <= MAX_IMAGE_UPLOAD_BYTES
+    assert main(["search", "--image", str(image), "--top-k", "6", *local]) == 0
+    by_image = json.loads(capsys.readouterr().out)["results"]
+    assert len(by_image) == 6 and all(hit["best_moment_s"] is None for hit in by_image)
+    assert main(["search", "--image", str(tmp_path / "missing.png"), *local]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["search", "some text", "--like", "video00002"]) == 2
+    assert "exactly one of TEXT, --image FILE and --like" in capsys.readouterr().err
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
