@@ -73,3 +73,23 @@ def index_videos(checkpoint: Path, qdrant_path: Path, collection: str, videos: l
     finally:
         store.close()
     return str(model.model_id)
+
+
+def frame_png(video: Path, size: int = 0) -> bytes:
+    """The most detailed of a video's 8 candidate frames as PNG (scaled to `size` px a side
+    with per-pixel noise, a large upload, when given)."""
+    import io
+
+    from PIL import Image
+
+    from adaclip.decode import decode_candidates
+
+    frames = decode_candidates(video, 8, size=None).frames
+    image = Image.fromarray(max(frames, key=lambda f: float(f.std())))
+    if size:
+        image = image.resize((size, size))
+        noise = np.random.default_rng(0).integers(0, 24, (size, size, 3), dtype=np.uint8)
+        image = Image.fromarray(np.asarray(image) | noise)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from serve_fixtures import IndexedVideos
+from serve_fixtures import IndexedVideos, frame_png
 
 from pipelines.store import open_store
 from serve.api import ApiOptions, create_api
@@ -507,26 +507,6 @@ def test_config_yaml_is_a_valid_deploy_config() -> None:
     app = config.applications[0]
     assert app.import_path == "serve.app:build_app"
     ServeSettings(**app.args)  # the builder accepts these args
-
-
-def frame_png(video: Path, size: int = 0) -> bytes:
-    """The most detailed of a video's 8 candidate frames as PNG (scaled to `size` px a side
-    with per-pixel noise, a large upload, when given)."""
-    import io
-
-    from PIL import Image
-
-    from adaclip.decode import decode_candidates
-
-    frames = decode_candidates(video, 8, size=None).frames
-    image = Image.fromarray(max(frames, key=lambda f: float(f.std())))
-    if size:
-        image = image.resize((size, size))
-        noise = np.random.default_rng(0).integers(0, 24, (size, size, 3), dtype=np.uint8)
-        image = Image.fromarray(np.asarray(image) | noise)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def test_search_cli_local(

@@ -8,7 +8,9 @@ with a key last.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
+import json
 import shutil
 import socket
 import time
@@ -19,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_fixtures import IndexedVideos
+from serve_fixtures import IndexedVideos, frame_png
 
 from serve.cli import wait_ready
 
@@ -338,7 +340,42 @@ def test_prometheus_metrics(server: Server) -> None:
     assert "ray_adaclip_encoder_batch_size_bucket" in text
 
 
-def test_browser_searches_and_plays_from_the_moment(server: Server) -> None:
+IMAGE_EVENT_JS = """({png, event}) => {
+  const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], "frame.png", { type: "image/png" }));
+  if (event === "drop") {
+    const drop = new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true });
+    document.getElementById("drop-zone").dispatchEvent(drop);
+  } else {
+    const paste = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+    document.body.dispatchEvent(paste);
+  }
+}"""
+
+
+def test_search_cli_over_http(
+    server: Server, indexed_videos: IndexedVideos, tmp_path: Path, capsys: Any
+) -> None:
+    """`adaclip search --like VIDEO_ID` and `--image FILE` against the running server."""
+    from serve.cli import search_main
+
+    assert search_main(["--like", "video00001", "--url", server.url, "--json-output"]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    ids = [hit["video_id"] for hit in similar["results"]]
+    assert similar["video_id"] == "video00001" and len(ids) == 5 and "video00001" not in ids
+    image = tmp_path / "frame.png"
+    image.write_bytes(frame_png(indexed_videos.videos["video00001"]))
+    assert search_main(["--image", str(image), "--url", server.url, "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("3 results")
+    assert search_main(["--like", "nope", "--url", server.url]) == 1
+    assert "404" in capsys.readouterr().err
+
+
+def test_browser_searches_and_plays_from_the_moment(
+    server: Server, indexed_videos: IndexedVideos
+) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package")
     from playwright.sync_api import sync_playwright
@@ -371,6 +408,26 @@ def test_browser_searches_and_plays_from_the_moment(server: Server) -> None:
             )
             position = page.evaluate("document.querySelector('li.result video').currentTime")
             assert position == pytest.approx(expected_first["best_moment_s"], abs=0.2)
+            # "more like this" on a result: its neighbours, never itself
+            source = expected_first["video_id"]
+            first.locator("button.more-like-this").click()
+            page.wait_for_function(
+                "(id) => document.getElementById('status').textContent.includes('videos like ' + id)",
+                arg=source,
+            )
+            ids = [r.get_attribute("data-video-id") for r in page.locator("li.result").all()]
+            assert len(ids) == 5 and source not in ids, ids
+            # a dropped image, then a pasted one: found by its CLIP embedding
+            png = base64.b64encode(frame_png(indexed_videos.videos["video00004"])).decode()
+            for event in ("drop", "paste"):
+                page.evaluate(IMAGE_EVENT_JS, {"png": png, "event": event})
+                page.wait_for_function(
+                    "() => document.getElementById('status').textContent"
+                    ".includes('results for the image')"
+                )
+                assert page.locator("li.result").count() == 6, event
+                assert (page.get_attribute("#query-image", "src") or "").startswith("data:image/")
+                page.evaluate("document.getElementById('status').textContent = ''")
         finally:
             browser.close()
 

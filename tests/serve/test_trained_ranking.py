@@ -117,9 +117,8 @@ def test_rerank_and_moments_on_the_trained_model(trained: dict[str, Any]) -> Non
     from pipelines.store import open_store
     from serve.encoder import QueryEncoder
 
-    root, held_out = trained["root"], trained["held_out"]
-    qdrant = root / "moments_qdrant"
-    _index_held_out(trained, qdrant)
+    held_out = trained["held_out"]
+    qdrant = _held_out_index(trained)
     encoder = QueryEncoder(trained["checkpoint"])
     store = open_store(qdrant_path=str(qdrant))
     store.open_collection("held_out")
@@ -148,6 +147,76 @@ def test_rerank_and_moments_on_the_trained_model(trained: dict[str, Any]) -> Non
         assert first["cosine"] > len(queries) / 2
     finally:
         store.close()
+
+
+def test_search_by_example_on_the_trained_model(trained: dict[str, Any]) -> None:
+    """One frame of a held-out video (the decoded candidate with the most detail, as a PNG at
+    the video's own size, as a user would upload it) finds that video first for most of
+    them; "similar" never returns the video itself, and the image path of the API (base64
+    body through `SearchService`) answers as the encoder and store do directly."""
+    import asyncio
+    import base64
+    import io
+
+    from PIL import Image
+
+    from adaclip.decode import decode_candidates
+    from pipelines.store import open_store
+    from serve.encoder import InlineEncoder
+    from serve.media import MediaResolver
+    from serve.schemas import SearchRequest
+    from serve.search import SearchService
+
+    bucket, held_out = trained["bucket"], trained["held_out"]
+    qdrant = _held_out_index(trained)
+    encoder = InlineEncoder(trained["checkpoint"])
+    service = SearchService(
+        encoder=encoder,
+        open_store=lambda: open_store(qdrant_path=str(qdrant)),
+        collection="held_out",
+        media=MediaResolver(None),
+    )
+
+    async def ask(video_id: str, image: bytes) -> tuple[list[str], Any]:
+        body = {"image": base64.b64encode(image).decode(), "top_k": len(held_out)}
+        response = await service.search(SearchRequest.model_validate(body))
+        similar = await service.similar(video_id, top_k=len(held_out))
+        return [hit.video_id for hit in response.results], similar
+
+    async def run() -> list[int | None]:
+        ranks = []
+        for video_id in held_out:
+            frames = decode_candidates(bucket / f"{video_id}.mp4", 16, size=None).frames
+            frame = max(frames, key=lambda f: float(f.std()))  # (H, W, 3) uint8
+            png = io.BytesIO()
+            Image.fromarray(frame).save(png, format="PNG")
+            ids, similar = await ask(video_id, png.getvalue())
+            ranks.append(ids.index(video_id) + 1 if video_id in ids else None)
+            assert similar is not None and similar.video_id == video_id
+            neighbours = [hit.video_id for hit in similar.results]
+            assert video_id not in neighbours and len(neighbours) == len(held_out) - 1
+            scores = [hit.score for hit in similar.results]
+            assert scores == sorted(scores, reverse=True)
+        return ranks
+
+    try:
+        ranks = asyncio.run(run())
+        first = sum(rank == 1 for rank in ranks)
+        print(f"one frame finds its own video first for {first}/{len(held_out)}: ranks {ranks}")
+        assert first > len(held_out) / 2, f"own video first for {first}/{len(held_out)}: {ranks}"
+    finally:
+        service.close()
+        encoder.close()
+
+
+def _held_out_index(trained: dict[str, Any]) -> Path:
+    """The held-out videos indexed into an embedded store (once per module)."""
+    if "held_out_index" not in trained:
+        qdrant = trained["root"] / "moments_qdrant"
+        _index_held_out(trained, qdrant)
+        trained["held_out_index"] = qdrant
+    path: Path = trained["held_out_index"]
+    return path
 
 
 def _index_held_out(trained: dict[str, Any], qdrant: Path) -> None:
