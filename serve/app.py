@@ -217,12 +217,24 @@ def encoder_options(s: ServeSettings) -> dict[str, Any]:
             "min_replicas": s.min_replicas,
             "initial_replicas": max(s.min_replicas, 1),
             "max_replicas": max(s.max_replicas, s.min_replicas, 1),
-            "target_ongoing_requests": s.target_ongoing_requests,
+            "target_ongoing_requests": encoder_target(s),
         },
-        "ray_actor_options": {"num_cpus": s.encoder_cpus, "num_gpus": 1 if use_gpu else 0},
+        "ray_actor_options": {
+            "num_cpus": s.encoder_cpus,
+            "num_gpus": s.encoder_gpus if use_gpu else 0,
+        },
         "max_ongoing_requests": max(s.max_ongoing_requests, 2 * s.max_batch_size),
         **load_protection(s),
     }
+
+
+def encoder_target(s: ServeSettings) -> float:
+    """Ongoing requests per encoder replica that autoscaling aims at: by default one full
+    batch (a replica with fewer in flight would batch them anyway; scaling out earlier
+    only splits batches)."""
+    if s.target_ongoing_requests is not None:
+        return s.target_ongoing_requests
+    return float(s.max_batch_size)
 
 
 def load_protection(s: ServeSettings) -> dict[str, Any]:
@@ -242,7 +254,10 @@ def ingress_options(s: ServeSettings) -> dict[str, Any]:
     """
     actor: dict[str, Any] = {"num_cpus": s.ingress_cpus}
     if encodes_in_ingress(s):
-        actor = {"num_cpus": s.ingress_cpus + s.encoder_cpus, "num_gpus": 1 if _use_gpu(s) else 0}
+        actor = {
+            "num_cpus": s.ingress_cpus + s.encoder_cpus,
+            "num_gpus": s.encoder_gpus if _use_gpu(s) else 0,
+        }
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         "max_ongoing_requests": s.max_ongoing_requests,
@@ -252,7 +267,7 @@ def ingress_options(s: ServeSettings) -> dict[str, Any]:
         options["autoscaling_config"] = {
             "min_replicas": 1,
             "max_replicas": s.ingress_max_replicas,
-            "target_ongoing_requests": max(s.target_ongoing_requests, 8.0),
+            "target_ongoing_requests": max(s.target_ongoing_requests or 8.0, 8.0),
         }
     else:
         options["num_replicas"] = 1

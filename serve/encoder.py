@@ -86,6 +86,10 @@ class QueryCache:
 class QueryEncoder:
     """A checkpoint's text tower: queries -> unit embeddings.
 
+    Only the text tower is loaded (`adaclip.text_tower.load_text_tower`: no image tower,
+    policy or aggregator); the full model is loaded on the first image query, so a replica
+    that only ever sees text holds the text tower alone.
+
     Args:
         checkpoint: checkpoint folder, local or `s3://` (copied to a temp folder).
         device: torch device (default: CUDA when available, else CPU).
@@ -95,12 +99,18 @@ class QueryEncoder:
     def __init__(
         self, checkpoint: str, device: str | None = None, s3_endpoint_url: str | None = None
     ) -> None:
+        import threading
+
         import torch
 
-        from adaclip.checkpoint import load_checkpoint
+        from adaclip.text_tower import load_text_tower
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_checkpoint(local_checkpoint(checkpoint, s3_endpoint_url), device=device)
+        self.folder = local_checkpoint(checkpoint, s3_endpoint_url)
+        self.device = device
+        self.model = load_text_tower(self.folder, device=device)
+        self._image_model: Any = None  # the full model, loaded by the first image query
+        self._image_lock = threading.Lock()
         cfg = self.model.config
         self.info = ModelInfo(
             model_id=str(self.model.model_id),
@@ -115,6 +125,15 @@ class QueryEncoder:
         """Unit text embeddings (B, D) float32, in the order of `texts`."""
         return self.model.encode_text(list(texts)).float().cpu().numpy()  # (B, D)
 
+    def image_model(self) -> Any:
+        """The full model (its image tower), loaded once, on first use."""
+        with self._image_lock:
+            if self._image_model is None:
+                from adaclip.checkpoint import load_checkpoint
+
+                self._image_model = load_checkpoint(self.folder, device=self.device)
+            return self._image_model
+
     def encode_image(self, image: bytes) -> Vector:
         """Unit CLIP image embedding (D,) of an encoded image (JPEG, PNG, WebP ...), cropped
         and scaled as the index's frames are.
@@ -125,9 +144,10 @@ class QueryEncoder:
         import torch
         import torch.nn.functional as F
 
-        pixels = torch.from_numpy(decode_query_image(image, int(self.model.image_size)))
+        pixels = torch.from_numpy(decode_query_image(image, int(self.model.image_size)).copy())
+        model = self.image_model()
         with torch.no_grad():
-            raw = self.model.encode_images(pixels[None])  # (1, D)
+            raw = model.encode_images(pixels[None])  # (1, D)
         return F.normalize(raw.float(), dim=-1)[0].cpu().numpy()  # (D,)
 
 

@@ -55,10 +55,24 @@ class ServeSettings(StoreSettings):
     presign_expires_s: int = Field(3600, ge=1, description="lifetime of presigned s3 media URLs")
     min_replicas: int = Field(1, ge=0, description="text encoder: fewest replicas")
     max_replicas: int = Field(2, ge=1, description="text encoder: most replicas")
-    target_ongoing_requests: float = Field(
-        4.0, gt=0, description="text encoder: ongoing requests per replica autoscaling aims at"
+    target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "text encoder: ongoing requests per replica autoscaling aims at (default:"
+            " --max-batch-size, so replicas scale out when their batches are full)"
+        ),
     )
     encoder_cpus: float = Field(0.5, gt=0, description="CPUs per text encoder replica")
+    encoder_gpus: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description=(
+            "GPUs per text encoder replica when it has one: a fraction shares a GPU (the"
+            " replica holds the text tower only)"
+        ),
+    )
     ingress_cpus: float = Field(0.25, gt=0, description="CPUs per HTTP ingress replica")
     ingress_max_replicas: int = Field(
         2, ge=1, description="most ingress replicas (1 with an embedded store: it has one owner)"

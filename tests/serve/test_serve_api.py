@@ -430,7 +430,13 @@ def test_settings_and_builder(
         ServeSettings(checkpoint="c", min_replicas=1, max_replicas=3, use_gpu=True)
     )
     assert enc["autoscaling_config"]["max_replicas"] == 3
-    assert enc["ray_actor_options"]["num_gpus"] == 1
+    assert enc["ray_actor_options"]["num_gpus"] == 0.25  # the text tower: a GPU's fraction
+    assert enc["autoscaling_config"]["target_ongoing_requests"] == 16  # one full batch
+    sized = ServeSettings(checkpoint="c", use_gpu=True, encoder_gpus=0.5, max_batch_size=8)
+    assert encoder_options(sized)["ray_actor_options"]["num_gpus"] == 0.5
+    assert encoder_options(sized)["autoscaling_config"]["target_ongoing_requests"] == 8
+    explicit = ServeSettings(checkpoint="c", target_ongoing_requests=3)
+    assert encoder_options(explicit)["autoscaling_config"]["target_ongoing_requests"] == 3
     assert ingress_options(ServeSettings(checkpoint="c"))["num_replicas"] == 1  # embedded
     remote = ingress_options(ServeSettings(checkpoint="c", qdrant_url="http://q:6333"))
     assert remote["autoscaling_config"]["max_replicas"] == 2
@@ -488,7 +494,7 @@ def test_where_queries_are_encoded() -> None:
         assert (config.checkpoint is not None) is inline and config.cache_size == s.cache_size
         actor = ingress_options(s)["ray_actor_options"]
         assert actor["num_cpus"] == (1.75 if inline else 0.25), extra
-        assert actor.get("num_gpus", 0) == (1 if inline and s.use_gpu else 0), extra
+        assert actor.get("num_gpus", 0) == (0.25 if inline and s.use_gpu else 0), extra
         want = {"SearchIngress"} if inline else {"SearchIngress", "TextEncoder"}
         assert deployments(s) == want, extra
     forced = ServeSettings(checkpoint="c", encode_in_ingress=False)
@@ -507,6 +513,36 @@ def test_config_yaml_is_a_valid_deploy_config() -> None:
     app = config.applications[0]
     assert app.import_path == "serve.app:build_app"
     ServeSettings(**app.args)  # the builder accepts these args
+
+
+def test_query_encoder_holds_the_text_tower_only(indexed_videos: IndexedVideos) -> None:
+    """The encoder replica's model is CLIP's text tower (no image tower, policy or
+    aggregator): the same embeddings as the full model, in fewer bytes; the image tower is
+    loaded by the first image query only."""
+    import torch
+
+    from adaclip.checkpoint import load_checkpoint
+    from adaclip.text_tower import TEXT_PREFIXES, load_text_tower, parameter_bytes
+
+    full = load_checkpoint(indexed_videos.checkpoint)
+    encoder = QueryEncoder(str(indexed_videos.checkpoint))
+    names = [f"clip.{n}" for n, _ in encoder.model.clip.named_parameters()]
+    assert names and all(n.startswith(TEXT_PREFIXES) for n in names)
+    assert not any(n.startswith(("policy.", "aggregator.", "clip.visual.")) for n in names)
+    queries = ["a red circle moving left", "x", "the blue square slides upwards, quickly"]
+    with torch.no_grad():
+        want = full.encode_text(queries).numpy()
+    np.testing.assert_allclose(encoder.encode(queries), want, atol=1e-6)
+    text_bytes, full_bytes = parameter_bytes(encoder.model), parameter_bytes(full)
+    assert text_bytes < 0.6 * full_bytes, (text_bytes, full_bytes)
+    assert (
+        encoder.info.model_id
+        == full.model_id
+        == load_text_tower(indexed_videos.checkpoint).model_id
+    )
+    assert encoder._image_model is None
+    encoder.encode_image(frame_png(indexed_videos.videos["video00001"]))
+    assert encoder._image_model is not None
 
 
 def test_search_cli_local(
