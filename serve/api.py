@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from serve.search import BadQueryError, SearchService, UnavailableError
 logger = logging.getLogger(__name__)
 
 API_KEY_HEADER = "x-api-key"
+FRAME_PATH = re.compile(r"/videos/[^/]+/frames/[0-9]+\.jpg")  # signed like /media
 PROTECTED_PREFIXES = ("/search", "/videos/", f"{MEDIA_ROUTE}/")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -113,7 +115,8 @@ class GuardMiddleware:
         path = app_path(scope)
         if self.api_key and scope["method"] != "OPTIONS" and _protected(path):
             given = headers.get(API_KEY_HEADER, b"").decode("latin-1")
-            if not given and path.startswith(MEDIA_ROUTE) and self.media_key is not None:
+            signable = path.startswith(MEDIA_ROUTE) or FRAME_PATH.fullmatch(path) is not None
+            if not given and signable and self.media_key is not None:
                 expires, sig = _query_param(scope, "expires"), _query_param(scope, "sig")
                 if valid_media_signature(self.media_key, path, expires, sig):
                     return None
@@ -277,6 +280,24 @@ def create_api(service: SearchService, options: ApiOptions | None = None) -> Fas
         if found is None:
             raise HTTPException(404, f"no video {video_id!r}")
         return found
+
+    @app.get(
+        "/videos/{video_id}/frames/{index}.jpg",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorResponse}},
+    )
+    async def frame(
+        video_id: str = Path(min_length=1, max_length=512),
+        index: int = Path(ge=0, le=1023),
+    ) -> Response:
+        """JPEG thumbnail of a local video's kept frame `index` (at its `frame_ts`), decoded
+        by seeking and cached; the same media root confinement and auth as `/media`."""
+        data = await service.frame_jpeg(video_id, index)
+        if data is None:
+            raise HTTPException(404, "no such frame")
+        return Response(
+            data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @app.api_route(f"{MEDIA_ROUTE}/{{path:path}}", methods=["GET", "HEAD"], include_in_schema=False)
     async def media(path: str) -> FileResponse:

@@ -124,6 +124,33 @@ class MediaResolver:
         signature = media_signature(self.signing_key, f"{MEDIA_ROUTE}/{local}", expires)
         return f"{url}?expires={expires}&sig={signature}"
 
+    def signed(self, url: str, path: str) -> str:
+        """`url` (the app path `path` behind `base`) with an expiry and an HMAC signature
+        when URLs are signed (an API key is set); unchanged otherwise."""
+        if self.signing_key is None:
+            return url
+        expires = int(time.time()) + self.presign_expires_s
+        signature = media_signature(self.signing_key, path, expires)
+        return f"{url}?expires={expires}&sig={signature}"
+
+    def frame_urls(self, uri: str, video_id: str, count: int, base: str = "") -> list[str]:
+        """URLs of a local video's kept-frame thumbnails (`/videos/{id}/frames/{i}.jpg`),
+        signed like media URLs; none for a video the server cannot read."""
+        if self.local_path(uri) is None:
+            return []
+        quoted = quote(video_id, safe="")
+        paths = [f"/videos/{video_id}/frames/{i}.jpg" for i in range(count)]
+        return [
+            self.signed(f"{base}/videos/{quoted}/frames/{i}.jpg", path)
+            for i, path in enumerate(paths)
+        ]
+
+    def local_path(self, uri: str) -> Path | None:
+        """The file of an indexed local `uri` when it lies under the media root (the same
+        confinement as `/media`), else None."""
+        relative = self._local_relative(uri)
+        return None if relative is None else self.local_file(relative)
+
     def local_file(self, relative: str) -> Path | None:
         """The file behind `/media/<relative>`, or None (not found, outside the root...)."""
         if self.root is None:

@@ -107,6 +107,11 @@ class SearchResult(BaseModel):
     media_url: str | None = Field(
         None, description="where a browser can play the video (null: not reachable)"
     )
+    frame_urls: list[str] = Field(
+        default_factory=list,
+        description="JPEG thumbnails of the kept frames, one per `frame_ts` (empty: the "
+        "server cannot read the video)",
+    )
 
 
 class SearchResponse(BaseModel):

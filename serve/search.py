@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -64,6 +65,23 @@ class QueryEncoding(Protocol):
     async def load(self, model_id: str) -> ModelInfo: ...
 
     async def embed_image(self, image: bytes, model_id: str | None = None) -> QueryVector: ...
+
+
+THUMBNAIL_CACHE = 2048  # JPEG thumbnails kept per replica (a few KB each)
+THUMBNAIL_SIZE = 96
+
+
+def thumbnail_jpeg(path: Any, t: float, size: int = THUMBNAIL_SIZE) -> bytes:
+    """The frame at `t` seconds, centre-cropped square (as the model saw it), as JPEG."""
+    import io
+
+    from PIL import Image
+
+    from adaclip.thumbnails import decode_frame_at
+
+    out = io.BytesIO()
+    Image.fromarray(decode_frame_at(path, t, size)).save(out, format="JPEG", quality=85)
+    return out.getvalue()
 
 
 def similar_videos(
@@ -144,6 +162,7 @@ class SearchService:
         self._switching: asyncio.Task[None] | None = None
         self._checked_at = 0.0
         self._open_lock = asyncio.Lock()
+        self._thumbnails: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
 
     @property
     def info(self) -> ModelInfo:
@@ -392,9 +411,36 @@ class SearchService:
             logger.warning("store call failed: %s: %s", type(err).__name__, err)
             raise UnavailableError(f"vector store unavailable: {type(err).__name__}") from err
 
+    async def frame_jpeg(self, video_id: str, index: int) -> bytes | None:
+        """JPEG thumbnail of kept frame `index` of a local video under the media root,
+        decoded by seeking to its `frame_ts` (cached by URI, etag and index); None when the
+        video, the frame or the file is unknown or out of bounds."""
+        binding = await self._current()
+        hit = await self._with_store(binding, lambda store: store.get(video_id))
+        if hit is None or not 0 <= index < len(hit.frame_ts):
+            return None
+        path = self.media.local_path(hit.uri)
+        if path is None:
+            return None
+        key = (hit.uri, str(hit.payload.get("etag")), index)
+        cached = self._thumbnails.get(key)
+        if cached is not None:
+            self._thumbnails.move_to_end(key)
+            return cached
+        try:
+            data = await asyncio.to_thread(thumbnail_jpeg, path, hit.frame_ts[index])
+        except Exception as err:  # a file that no longer decodes: no thumbnail
+            logger.warning("thumbnail %s #%d: %s: %s", hit.uri, index, type(err).__name__, err)
+            return None
+        self._thumbnails[key] = data
+        while len(self._thumbnails) > THUMBNAIL_CACHE:
+            self._thumbnails.popitem(last=False)
+        return data
+
     def _result(self, hit: SearchHit, base: str) -> SearchResult:
         duration = hit.payload.get("duration_s")
         return SearchResult(
+            frame_urls=self.media.frame_urls(hit.uri, hit.video_id, len(hit.frame_ts), base),
             video_id=hit.video_id,
             uri=hit.uri,
             score=hit.score,

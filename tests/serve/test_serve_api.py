@@ -265,6 +265,42 @@ def test_api_key(service: SearchService) -> None:
         assert guarded.get(open_path).status_code == 200, open_path
 
 
+def test_kept_frame_thumbnails(service: SearchService, indexed_videos: IndexedVideos) -> None:
+    """`GET /videos/{id}/frames/{i}.jpg`: the kept frame at `frame_ts[i]` decoded by seeking
+    (what the model saw: the centre square), cached, signed like media URLs."""
+    import io
+
+    from PIL import Image
+
+    from adaclip.thumbnails import decode_frame_at
+
+    guarded = TestClient(create_api(service, ApiOptions(api_key=KEY)))
+    auth = {"X-API-Key": KEY}
+    body = {"query": "a red circle", "top_k": 3, "moments": True}
+    hit = guarded.post("/search", json=body, headers=auth).json()["results"][0]
+    urls, ts, vid = hit["frame_urls"], hit["frame_ts"], hit["video_id"]
+    assert len(urls) == len(ts) > 1 and hit["best_moment_s"] in ts
+    for i, url in enumerate(urls):
+        assert url.startswith(f"/videos/{vid}/frames/{i}.jpg?expires=") and KEY not in url
+    for i in (0, len(urls) - 1):
+        r = guarded.get(urls[i])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert "max-age" in r.headers["cache-control"]
+        got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.int16)
+        want = decode_frame_at(indexed_videos.videos[vid], ts[i], got.shape[0])
+        assert got.shape == want.shape and np.abs(got - want).mean() < 6
+        assert guarded.get(urls[i]).content == r.content  # from the cache
+    assert any(key[2] == 0 for key in service._thumbnails)
+    unsigned = urls[0].split("?")[0]
+    assert guarded.get(unsigned).status_code == 401
+    assert guarded.get(unsigned, headers=auth).status_code == 200
+    assert guarded.get(f"/videos/{vid}/frames/1.jpg?{urls[0].split('?')[1]}").status_code == 401
+    assert guarded.get(f"/videos/{vid}/frames/{len(ts)}.jpg", headers=auth).status_code == 404
+    assert guarded.get("/videos/nope/frames/0.jpg", headers=auth).status_code == 404
+    outside = MediaResolver(indexed_videos.media_root / "elsewhere")
+    assert outside.frame_urls(hit["uri"], vid, len(ts)) == []  # not under the media root
+
+
 def test_cors(service: SearchService) -> None:
     app = create_api(service, ApiOptions(api_key=KEY, cors_origins=["https://ok.example"]))
     c = TestClient(app)

@@ -373,9 +373,42 @@ def test_search_cli_over_http(
     assert "404" in capsys.readouterr().err
 
 
+def check_frame_strip(page: Any, result: Any, best_moment: float, shots: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    thumbs = result.locator(".strip img.thumb")
+    times = [float(t.get_attribute("data-t") or "nan") for t in thumbs.all()]
+    assert len(times) >= 2 and best_moment in times, times
+    best = result.locator(".strip img.thumb.best")
+    assert best.count() == 1 and float(best.get_attribute("data-t") or 0) == best_moment
+    assert result.locator("video").get_attribute("poster") == best.get_attribute("src")
+    assert "/frames/" in (best.get_attribute("src") or "")
+    page.wait_for_function(
+        "(n) => { const imgs = document.querySelectorAll('li.result .strip img.thumb');"
+        " return imgs.length >= n && Array.from(imgs).slice(0, n)"
+        ".every((i) => i.complete && i.naturalWidth > 0); }",
+        arg=len(times),
+    )
+    other = next(i for i, t in enumerate(times) if t != best_moment)
+    thumbs.nth(other).click()
+    page.wait_for_function(
+        "(t) => Math.abs(document.querySelector('li.result video').currentTime - t) < 0.2",
+        arg=times[other],
+    )
+    page.screenshot(path=str(shots / "search_page.png"), full_page=True)
+    strip = Image.open(io.BytesIO(result.locator(".strip").screenshot())).convert("RGB")
+    pixels = np.asarray(strip, dtype=np.float32)
+    assert strip.width >= 48 * len(times) and pixels.std() > 10  # real frames, not blank
+    assert (shots / "search_page.png").stat().st_size > 10_000
+
+
 def test_browser_searches_and_plays_from_the_moment(
-    server: Server, indexed_videos: IndexedVideos
+    server: Server, indexed_videos: IndexedVideos, tmp_path: Path
 ) -> None:
+    shots = tmp_path
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package")
     from playwright.sync_api import sync_playwright
@@ -408,6 +441,9 @@ def test_browser_searches_and_plays_from_the_moment(
             )
             position = page.evaluate("document.querySelector('li.result video').currentTime")
             assert position == pytest.approx(expected_first["best_moment_s"], abs=0.2)
+            # the strip of the K kept frames: best moment highlighted and the poster, loaded
+            # thumbnails, a click plays from that frame; a screenshot shows it
+            check_frame_strip(page, first, expected_first["best_moment_s"], shots)
             # "more like this" on a result: its neighbours, never itself
             source = expected_first["video_id"]
             first.locator("button.more-like-this").click()
