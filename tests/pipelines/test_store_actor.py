@@ -76,8 +76,15 @@ def test_one_owner_by_name_concurrent_reads_see_whole_points(
         if not thread.is_alive() and len(seen) < n:
             break
     thread.join()
+    hits = reader.search(query, top_k=n, rerank=True, rerank_candidates=n)  # after the writes
+    seen = [h.uri for h in hits]
     assert not bad
     assert len(seen) == n == reader.count()
+    similar = reader.similar(hits[0].id, top_k=3)  # stored video vectors, through the actor
+    assert similar is not None
+    video, neighbours = similar
+    assert video.uri == hits[0].uri and neighbours
+    assert video.uri not in [h.uri for h in neighbours]
 
     from pipelines.ls import main as ls_main
 
