@@ -156,7 +156,7 @@ def main(args):
     from pipelines.index import run_index
     from pipelines.settings import IndexSettings
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # workers: these keys
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = run_index(IndexSettings(**args["settings"]))
     finally:
