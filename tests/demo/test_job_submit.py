@@ -226,6 +226,12 @@ def test_readme_job_submit_runs_on_a_local_cluster(
         logs = run(["ray", "job", "logs", "--address", dashboard, submission_id], env, 120)
         assert logs.returncode == 0, logs.stderr
         assert f"indexed {VIDEOS}/{VIDEOS} videos" in logs.stdout, logs.stdout[-3000:]
+        stopped = run(  # the job's store actor flushes and lets the folder go, as a user would
+            [str(VENV_BIN / "adaclip"), "store", "stop", "--all", "--ray-address",
+             f"127.0.0.1:{ports['port']}"],
+            env, 120,
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
     finally:
         stop_cluster(head, ray_temp_dir)
 
