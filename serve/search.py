@@ -84,36 +84,6 @@ def thumbnail_jpeg(path: Any, t: float, size: int = THUMBNAIL_SIZE) -> bytes:
     return out.getvalue()
 
 
-def similar_videos(
-    store: VideoStore, video_id: str, top_k: int
-) -> tuple[SearchHit, list[SearchHit]] | None:
-    """`store.similar`: the videos nearest to an indexed video's vector, never itself.
-
-    A store that cannot read stored video vectors back (the embedded folder's store-actor
-    client) gets the vector rebuilt from the stored unit frame vectors and aggregation
-    weights, normalize(sum_k w_k f_k): exact for a mean model, close for a score-weighted
-    one (its weights apply to the raw, not unit, frame embeddings).
-    """
-    try:
-        return store.similar(video_id, top_k)
-    except NotImplementedError:
-        pass
-    hit = store.get(video_id)
-    if hit is None:
-        return None
-    rows = store._retrieve_with_frames([hit.id])
-    if not rows or rows[0].frames is None:
-        return None
-    frames = np.asarray(rows[0].frames, dtype=np.float32)  # (K, D)
-    weights = np.asarray(hit.payload.get("frame_weights") or [], dtype=np.float32)
-    if weights.shape != (len(frames),):
-        weights = np.full(len(frames), 1.0 / len(frames), dtype=np.float32)
-    vector = weights @ frames  # (D,)
-    vector /= max(float(np.linalg.norm(vector)), 1e-12)
-    hits = store.search(vector, top_k=top_k + 1)
-    return hit, [h for h in hits if h.id != hit.id][:top_k]
-
-
 @dataclass
 class Binding:
     """The physical collection answered from, its model, and a store bound to it."""
@@ -223,7 +193,7 @@ class SearchService:
         binding = await self._current()
 
         def run(store: VideoStore) -> tuple[SearchHit, list[SearchHit]] | None:
-            return similar_videos(store, video_id, top_k)
+            return store.similar(video_id, top_k)
 
         found = await self._with_store(binding, run)
         if found is None:

@@ -54,9 +54,7 @@ ACTOR_CONCURRENCY = 16  # calls in flight; the store itself is used under one lo
 OPEN_WAIT_S = 15.0  # a killed job's process may hold the folder for a few seconds
 # The primitives a client may call on a bound collection: every abstract backend
 # primitive of VideoStore but opening and closing, which the actor does itself.
-# `_video_vectors` has a default (not abstract) because some backends cannot read vectors;
-# the embedded engine behind the actor can, so it is forwarded too.
-PRIMITIVES = frozenset(VideoStore.__abstractmethods__ - {"_open", "_close"} | {"_video_vectors"})
+PRIMITIVES = frozenset(VideoStore.__abstractmethods__ - {"_open", "_close"})
 ROOT_CALLS = frozenset({"_aliases", "_collection_exists", "_switch_alias"})
 
 
@@ -368,6 +366,10 @@ class ActorVideoStore(VideoStore):
     def _retrieve(self, ids: Sequence[str], fields: list[str] | None = None) -> list[Row]:
         rows: list[Row] = self._call("_retrieve", list(ids), fields)
         return rows
+
+    def _video_vectors(self, ids: Sequence[str]) -> dict[str, FloatArray]:
+        vectors: dict[str, FloatArray] = self._call("_video_vectors", list(ids))
+        return vectors
 
     def _scroll(
         self,

@@ -724,9 +724,9 @@ class VideoStore(abc.ABC):
     def _retrieve_with_frames(self, ids: Sequence[str]) -> list[Row]:
         """Points by id with their whole payload and `frames` multivector (missing skipped)."""
 
+    @abc.abstractmethod
     def _video_vectors(self, ids: Sequence[str]) -> dict[str, FloatArray]:
         """id -> stored (unit) `video` vector of each existing point."""
-        raise NotImplementedError(f"{type(self).__name__} cannot read video vectors")
 
     def _aliases(self) -> dict[str, str]:
         """alias -> collection of every alias (backends without aliases: none)."""
