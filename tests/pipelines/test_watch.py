@@ -98,7 +98,9 @@ def listed(folder: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
 
     capsys.readouterr()
     assert ls_main(["--qdrant-path", str(folder), "--collection", "videos", "--json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # the watcher thread prints its progress to the same captured stdout: keep ls's JSON rows
+    out = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in out if line.startswith("{")]
     return {r["uri"]: r["etag"] for r in rows}
 
 
