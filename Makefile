@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-packages test lint format clean
+.PHONY: install system-packages test test-slow lint format clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,13 @@ system-packages:
 	  else echo "note: install chromium and ffmpeg (apt) for the browser test and benchmarks"; fi; \
 	fi
 
+# The everyday suite (~20 min on 2 cores); test-slow: the long end-to-end and learning-
+# quality tests (the demo, a trained model's ranking, ...), which CI runs too.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 lint: install
 	$(VENV)/bin/ruff check adaclip pipelines train serve demo tests benchmarks

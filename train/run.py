@@ -172,10 +172,11 @@ def describe_batch_plans(settings: TrainSettings, num_train_videos: int) -> list
 
 
 def frame_store(settings: TrainSettings) -> FrameStore | None:
-    """``--frame-store URI`` (``auto``: ``<output>/frame_store``; none: no store)."""
-    if not settings.frame_store:
+    """``--frame-store URI`` (``auto``, the default: ``<output>/frame_store``; ``none``: no
+    store)."""
+    root = (settings.frame_store or "").strip()
+    if root.lower() in ("", "none", "off"):
         return None
-    root = settings.frame_store
     if root == "auto":
         root = str(Path(settings.output).resolve() / "frame_store")
     return FrameStore(root, s3_endpoint_url=settings.s3_endpoint_url)

@@ -168,9 +168,10 @@ class TrainSettings(DataSettings):
         "resuming); 0 or none keeps all",
     )
     frame_store: str | None = Field(
-        None,
+        "auto",
         description="persistent store of decoded candidate frames (folder or s3://), shared "
-        "by runs and machines; 'auto': <output>/frame_store; none: decode every run",
+        "by runs and machines; 'auto': <output>/frame_store; 'none': decode every run into "
+        "Ray's object store only",
     )
     max_worker_batch: int | None = Field(
         None,

@@ -16,6 +16,9 @@ from serve_fixtures import IndexedVideos
 
 from tests.fresh_ray import run_with_own_cluster
 
+# a Ray cluster of its own for an experimental Ray switch (~60 s): make test-slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 SCRIPT = """
 def main(args):
     os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"

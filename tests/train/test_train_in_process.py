@@ -112,6 +112,7 @@ def kept_informative(meta: dict[str, dict], rows: dict[str, np.ndarray], model: 
     )
 
 
+@pytest.mark.slow  # a learning-quality measurement: make test-slow
 @pytest.mark.timeout(240)
 def test_policy_with_mlp_score_beats_uniform_mean_pooling(tmp_path: Path) -> None:
     import torch
