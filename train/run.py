@@ -95,12 +95,34 @@ def scaling_config(settings: TrainSettings) -> Any:
     )
 
 
+def storage_filesystem(settings: TrainSettings) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) of ``--storage-path``: the run folders' home.
+
+    ``s3://`` goes through ``--s3-endpoint-url`` when given (MinIO, Ceph, a test server);
+    Ray Train is handed the same filesystem, so the resume checks and the checkpoints see
+    the same objects. Other URIs (``gs://``, ``hdfs://``) resolve as pyarrow resolves them.
+    """
+    import pyarrow.fs
+
+    uri = _storage_uri(settings.storage_path)
+    if uri.startswith("s3://"):
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=settings.s3_endpoint_url)
+        return fs, uri[len("s3://") :].rstrip("/")
+    if "://" in uri:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), uri
+
+
 def run_config(settings: TrainSettings) -> Any:
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig
 
+    remote = "://" in settings.storage_path
+    fs, path = storage_filesystem(settings) if remote else (None, "")
     return RunConfig(
         name=settings.run_name,
-        storage_path=_storage_uri(settings.storage_path),
+        storage_path=path if remote else _storage_uri(settings.storage_path),
+        storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=settings.keep_checkpoints or None,
@@ -134,13 +156,13 @@ def check_resume_config(settings: TrainSettings, config: dict[str, Any]) -> None
     Raises:
         ValueError: the run folder holds a run whose experiment config differs.
     """
-    if "://" in settings.storage_path:
-        logger.warning("remote --storage-path: the resume config check is skipped")
-        return
-    run_dir = Path(_storage_uri(settings.storage_path)) / settings.run_name
-    path = run_dir / RUN_CONFIG_FILE
-    if _has_snapshot(settings) and path.is_file():
-        saved = json.loads(path.read_text())
+    import pyarrow.fs
+
+    fs, base = storage_filesystem(settings)
+    path = f"{base}/{settings.run_name}/{RUN_CONFIG_FILE}"
+    if _has_snapshot(settings) and fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(path) as stream:
+            saved = json.loads(stream.read().decode())
         changed = sorted(k for k in saved.keys() | config.keys() if saved.get(k) != config.get(k))
         if changed:
             raise ValueError(
@@ -149,8 +171,9 @@ def check_resume_config(settings: TrainSettings, config: dict[str, Any]) -> None
                 "two experiments: pass another --name, or --no-resume with a new folder"
             )
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    fs.create_dir(f"{base}/{settings.run_name}", recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
 def describe_batch_plans(settings: TrainSettings, num_train_videos: int) -> list[str]:
@@ -183,10 +206,15 @@ def frame_store(settings: TrainSettings) -> FrameStore | None:
 
 
 def _has_snapshot(settings: TrainSettings) -> bool:
-    if "://" in settings.storage_path:
-        return False  # a remote run folder is checked by Ray Train itself
-    run_dir = Path(_storage_uri(settings.storage_path)) / settings.run_name
-    return run_dir.is_dir() and any(run_dir.glob("checkpoint_manager_snapshot*"))
+    """Whether the run folder (local or remote) holds a run Ray Train would resume."""
+    import pyarrow.fs
+
+    fs, base = storage_filesystem(settings)
+    run_dir = f"{base}/{settings.run_name}"
+    if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
+        return False
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(run_dir))
+    return any(Path(e.path).name.startswith("checkpoint_manager_snapshot") for e in entries)
 
 
 # ------------------------------------------------------------------------ the job
