@@ -1,6 +1,8 @@
 """Training throughput on CPU: 1 vs 2 Ray Train workers, first (decoding) vs cached epochs.
 
-One synthetic set (``adaclip.synth.generate_dataset``, generated once, not timed) is
+One synthetic set (``adaclip.synth.generate_dataset``, generated once, not timed; 240 px
+clips of 5 s at 24 fps by default, ``--video-size``/``--video-frames``, so decoding costs
+what it does on small real videos) is
 trained twice with ``train.run.run_training`` and the ``train/configs/synthetic.json``
 recipe (tiny CLIP, policy + MLP-Score, N=8, K=4, 64 px): with 1 worker and with 2 workers,
 the same global batch and epochs, in one local Ray cluster. From each run's history:
@@ -105,7 +107,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="adaclip-bench-train-") as tmp:
         root, work = Path(tmp) / "synth", Path(tmp) / "work"
         n = args.videos
-        generate_dataset(root, n, seed=0, frames_per_video=16, size=64, splits=(0.8, 0.2, 0.0))
+        generate_dataset(
+            root,
+            n,
+            seed=0,
+            frames_per_video=args.video_frames,
+            fps=24,
+            size=args.video_size,
+            splits=(0.8, 0.2, 0.0),
+        )
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         try:
             summaries = {}
@@ -285,10 +295,12 @@ def scaling_report(out: dict[str, Any], args: argparse.Namespace) -> tuple[list[
     ratio = s2["sps"] / s1["sps"]
     lines = [
         f"`.venv/bin/python -m benchmarks.train --videos {args.videos} --epochs {args.epochs} "
-        f"--batch-size {args.batch_size}` — {time.strftime('%Y-%m-%d')}, {machine()}; "
-        f"{load_average()} at the end.",
+        f"--batch-size {args.batch_size} --video-size {args.video_size} --video-frames "
+        f"{args.video_frames}` — {time.strftime('%Y-%m-%d')}, {machine()}; "
+        f"{load_average()} at the end. Clips {args.video_size} px, {args.video_frames} frames "
+        "at 24 fps.",
         f"train/configs/synthetic.json recipe (tiny CLIP, policy + MLP-Score, N=8, K=4, "
-        f"64 px), {out['train_videos']} training videos per epoch, global batch "
+        f"64 px frames), {out['train_videos']} training videos per epoch, global batch "
         f"{args.batch_size}, Ray cluster of {args.cpus} CPUs, 0.5 CPU per worker, gloo.",
         "",
         "| workers | steps/epoch x local batch | samples/s (median, epochs >= 1) | "
@@ -335,6 +347,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run (>= 2)")
     ap.add_argument("--batch-size", type=int, default=8, help="GLOBAL batch size")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument(
+        "--video-size", type=int, default=240, help="synthetic clips' frame size (px, even)"
+    )
+    ap.add_argument(
+        "--video-frames", type=int, default=120, help="frames per clip, 24 fps (120: 5 s)"
+    )
     ap.add_argument("--step-arch", default="ViT-B-32", help="CLIP of the step benchmark")
     ap.add_argument("--step-n", type=int, default=32, help="N of the step benchmark")
     ap.add_argument("--step-k", type=int, default=16, help="K of the step benchmark")
