@@ -732,13 +732,13 @@ class VideoStore(abc.ABC):
         """alias -> collection of every alias (backends without aliases: none)."""
         return {}
 
+    @abc.abstractmethod
     def _collection_exists(self, name: str) -> bool:
         """Whether a physical collection `name` exists (aliases do not count)."""
-        raise NotImplementedError(f"{type(self).__name__} has no aliases")
 
+    @abc.abstractmethod
     def _switch_alias(self, alias: str, collection: str, previous: str | None) -> None:
         """Atomically make `alias` point at `collection` (it pointed at `previous`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no aliases")
 
     @abc.abstractmethod
     def _close(self) -> None:
