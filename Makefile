@@ -25,7 +25,8 @@ system-packages:
 	fi
 
 # The everyday suite (~20 min on 2 cores); test-slow: the long end-to-end and learning-
-# quality tests (the demo, a trained model's ranking, ...), which CI runs too.
+# quality tests and the multi-node ones (the demo, a trained model's ranking, the elastic
+# run that loses a node, ...), which CI runs too.
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 

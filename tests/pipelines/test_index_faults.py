@@ -448,6 +448,7 @@ def node_resources(path: Path = REPO / "ray_cluster.yaml") -> tuple[str, str]:
     return decode[0], model[0]
 
 
+@pytest.mark.slow  # a two-node cluster of its own (~70 s): make test-slow
 def test_two_node_cluster_places_decode_and_model_actors(
     videos: Path, checkpoint: Path, tmp_path: Path
 ) -> None:

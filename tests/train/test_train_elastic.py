@@ -26,7 +26,8 @@ import pytest
 from adaclip.synth import generate_dataset
 from tests.fresh_ray import run_with_own_cluster
 
-pytestmark = pytest.mark.integration
+# a two-node cluster of its own and two worker-group starts (~3 min): make test-slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ELASTIC_SCRIPT = """
 def main(args):
