@@ -98,7 +98,9 @@ def main(args):
 
 
 @pytest.mark.timeout(480)
-def test_elastic_run_grows_and_shrinks_keeping_the_worker_batch_bound(tmp_path: Path) -> None:
+def test_elastic_run_shrinks_when_a_node_dies_keeping_the_worker_batch_bound(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "synth"
     generate_dataset(root, 12, seed=3, frames_per_video=8, size=32, splits=(0.67, 0.33, 0.0))
     storage, name = tmp_path / "storage", "elastic"
