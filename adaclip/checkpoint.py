@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +90,25 @@ def load_checkpoint(folder: str | os.PathLike[str], device: str = "cpu") -> AdaC
     config, _ = read_checkpoint_config(folder)
     model = AdaCLIP(config, load_pretrained=False)
     missing, unexpected = load_model(model, str(Path(folder) / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder}: weights do not match the config (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]})"
-        )
+    check_loaded_keys(folder, missing, unexpected, "weights")
     model.model_id = model_id_of(folder)
     return model.to(device).eval()
+
+
+def check_loaded_keys(
+    folder: str | os.PathLike[str], missing: Iterable[str], unexpected: Iterable[str], what: str
+) -> None:
+    """Refuse weights read from ``folder`` whose keys do not match the model's config.
+
+    Raises:
+        CheckpointError: ``missing`` or ``unexpected`` keys.
+    """
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: {what} do not match the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
 
 
 def model_id_of(folder: str | os.PathLike[str]) -> str:

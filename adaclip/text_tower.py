@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adaclip.checkpoint import WEIGHTS_FILE, CheckpointError, model_id_of, read_checkpoint_config
+from adaclip.checkpoint import (
+    WEIGHTS_FILE,
+    check_loaded_keys,
+    model_id_of,
+    read_checkpoint_config,
+)
 from adaclip.config import AdaClipConfig
 from adaclip.text import encode_text_grouped, tokenize
 
@@ -104,11 +109,7 @@ def load_text_tower(folder: str | os.PathLike[str], device: str = "cpu") -> Text
             if key.startswith(TEXT_PREFIXES):
                 state[key] = weights.get_tensor(key)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder}: text tower weights do not match the config (missing "
-            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+    check_loaded_keys(folder, missing, unexpected, "text tower weights")
     model.model_id = model_id_of(folder)
     return model.to(device).eval()
 

@@ -117,12 +117,9 @@ class MediaResolver:
         local = self._local_relative(uri)
         if local is None:
             return None
-        url = f"{base}{MEDIA_ROUTE}/{quote(local, safe='/')}"
-        if self.signing_key is None:
-            return url
-        expires = int(time.time()) + self.presign_expires_s
-        signature = media_signature(self.signing_key, f"{MEDIA_ROUTE}/{local}", expires)
-        return f"{url}?expires={expires}&sig={signature}"
+        return self.signed(
+            f"{base}{MEDIA_ROUTE}/{quote(local, safe='/')}", f"{MEDIA_ROUTE}/{local}"
+        )
 
     def signed(self, url: str, path: str) -> str:
         """`url` (the app path `path` behind `base`) with an expiry and an HMAC signature
@@ -139,10 +136,11 @@ class MediaResolver:
         if self.local_path(uri) is None:
             return []
         quoted = quote(video_id, safe="")
-        paths = [f"/videos/{video_id}/frames/{i}.jpg" for i in range(count)]
         return [
-            self.signed(f"{base}/videos/{quoted}/frames/{i}.jpg", path)
-            for i, path in enumerate(paths)
+            self.signed(
+                f"{base}/videos/{quoted}/frames/{i}.jpg", f"/videos/{video_id}/frames/{i}.jpg"
+            )
+            for i in range(count)
         ]
 
     def local_path(self, uri: str) -> Path | None:
