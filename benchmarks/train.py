@@ -190,7 +190,6 @@ def step_variant(variant: str, arch: str, n: int, k: int, batch: int, steps: int
         "step_s": statistics.median(times),
         "peak_mb": max(peaks) - baseline,
         "process_peak_mb": max(peaks),
-        "baseline_mb": baseline,
         "step_growth_mb": max(grown),
         "threads": torch.get_num_threads(),
     }

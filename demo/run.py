@@ -71,14 +71,14 @@ def train_settings(settings: DemoSettings, work: Path, bucket: Path) -> Any:
 
 def train(settings: DemoSettings, work: Path, bucket: Path) -> str:
     """Train with Ray Train; return the best-by-validation checkpoint folder."""
-    from train.run import _has_snapshot, run_training
+    from train.run import run_exists, run_training
 
     best = work / "train" / "best"
     if (best / "config.json").is_file():
         print(f"    reusing {best}")
         return str(best)
     cfg = train_settings(settings, work, bucket)
-    if _has_snapshot(cfg):  # an interrupted earlier run: pick it up where it stopped
+    if run_exists(cfg):  # an interrupted earlier run: pick it up where it stopped
         cfg = cfg.model_copy(update={"resume": True})
     result = run_training(cfg)
     print(f"    best epoch {result.best_epoch} by validation R@1 -> {result.best_checkpoint}")

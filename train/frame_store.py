@@ -38,12 +38,24 @@ class FrameStore:
 
     def filesystem(self, folder: str) -> tuple[Any, str]:
         """(pyarrow filesystem, path inside it) of ``folder``."""
-        import pyarrow.fs
+        return filesystem_of(folder, self.s3_endpoint_url)
 
-        if folder.startswith("s3://"):
-            fs = pyarrow.fs.S3FileSystem(endpoint_override=self.s3_endpoint_url)
-            return fs, folder[len("s3://") :]
-        return pyarrow.fs.LocalFileSystem(), folder
+
+def filesystem_of(uri: str, s3_endpoint_url: str | None = None) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) of a local path or a URI.
+
+    ``s3://`` goes through ``s3_endpoint_url`` when given (MinIO, Ceph, a test server);
+    other URIs (``gs://``, ``hdfs://``) resolve as pyarrow resolves them.
+    """
+    import pyarrow.fs
+
+    if uri.startswith("s3://"):
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=s3_endpoint_url)
+        return fs, uri[len("s3://") :].rstrip("/")
+    if "://" in uri:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), uri
 
 
 def store_key(uri: str, etag: str) -> str:

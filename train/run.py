@@ -24,7 +24,7 @@ from typing import Any
 from adaclip.config import AdaClipConfig
 from train.data import DecodedSplit, decode_options, decode_split
 from train.evaluate import PRIMARY_METRIC, format_metrics, write_report
-from train.frame_store import FrameStore
+from train.frame_store import FrameStore, filesystem_of
 from train.loop import HISTORY_FILE, LoopConfig, train_loop_per_worker
 from train.progress import EpochProgress
 from train.settings import TrainSettings, parse_with_config
@@ -98,20 +98,10 @@ def scaling_config(settings: TrainSettings) -> Any:
 def storage_filesystem(settings: TrainSettings) -> tuple[Any, str]:
     """(pyarrow filesystem, path inside it) of ``--storage-path``: the run folders' home.
 
-    ``s3://`` goes through ``--s3-endpoint-url`` when given (MinIO, Ceph, a test server);
-    Ray Train is handed the same filesystem, so the resume checks and the checkpoints see
-    the same objects. Other URIs (``gs://``, ``hdfs://``) resolve as pyarrow resolves them.
+    Ray Train is handed the same filesystem (``s3://`` through ``--s3-endpoint-url``), so
+    the resume checks and the checkpoints see the same objects.
     """
-    import pyarrow.fs
-
-    uri = _storage_uri(settings.storage_path)
-    if uri.startswith("s3://"):
-        fs = pyarrow.fs.S3FileSystem(endpoint_override=settings.s3_endpoint_url)
-        return fs, uri[len("s3://") :].rstrip("/")
-    if "://" in uri:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        return fs, path.rstrip("/")
-    return pyarrow.fs.LocalFileSystem(), uri
+    return filesystem_of(_storage_uri(settings.storage_path), settings.s3_endpoint_url)
 
 
 def run_config(settings: TrainSettings) -> Any:
@@ -159,8 +149,9 @@ def check_resume_config(settings: TrainSettings, config: dict[str, Any]) -> None
     import pyarrow.fs
 
     fs, base = storage_filesystem(settings)
-    path = f"{base}/{settings.run_name}/{RUN_CONFIG_FILE}"
-    if _has_snapshot(settings) and fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+    run_dir = f"{base}/{settings.run_name}"
+    path = f"{run_dir}/{RUN_CONFIG_FILE}"
+    if _has_snapshot(fs, run_dir) and fs.get_file_info(path).type == pyarrow.fs.FileType.File:
         with fs.open_input_stream(path) as stream:
             saved = json.loads(stream.read().decode())
         changed = sorted(k for k in saved.keys() | config.keys() if saved.get(k) != config.get(k))
@@ -171,7 +162,7 @@ def check_resume_config(settings: TrainSettings, config: dict[str, Any]) -> None
                 "two experiments: pass another --name, or --no-resume with a new folder"
             )
         return
-    fs.create_dir(f"{base}/{settings.run_name}", recursive=True)
+    fs.create_dir(run_dir, recursive=True)
     with fs.open_output_stream(path) as stream:
         stream.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
@@ -205,12 +196,16 @@ def frame_store(settings: TrainSettings) -> FrameStore | None:
     return FrameStore(root, s3_endpoint_url=settings.s3_endpoint_url)
 
 
-def _has_snapshot(settings: TrainSettings) -> bool:
-    """Whether the run folder (local or remote) holds a run Ray Train would resume."""
+def run_exists(settings: TrainSettings) -> bool:
+    """Whether ``--storage-path``/``--name`` holds a run Ray Train would resume."""
+    fs, base = storage_filesystem(settings)
+    return _has_snapshot(fs, f"{base}/{settings.run_name}")
+
+
+def _has_snapshot(fs: Any, run_dir: str) -> bool:
+    """Whether the run folder ``run_dir`` (in ``fs``) holds a run Ray Train would resume."""
     import pyarrow.fs
 
-    fs, base = storage_filesystem(settings)
-    run_dir = f"{base}/{settings.run_name}"
     if fs.get_file_info(run_dir).type != pyarrow.fs.FileType.Directory:
         return False
     entries = fs.get_file_info(pyarrow.fs.FileSelector(run_dir))
@@ -228,7 +223,7 @@ def run_training(settings: TrainSettings) -> TrainRunResult:
 
     if settings.videos_root is None:
         raise ValueError("--videos-root is required")
-    if not settings.resume and _has_snapshot(settings):
+    if not settings.resume and run_exists(settings):
         raise ValueError(
             f"run {settings.run_name!r} already exists under {settings.storage_path}; pass "
             "--resume, another --name, or remove the folder"
