@@ -198,16 +198,15 @@ def _decode_through_store(
     store: FrameStore,
 ) -> DecodedSplit:
     """Decode what the store lacks, append it, read the whole split back from the store."""
-    import ray.data
-
-    from train.frame_store import join_captions, store_key, stored_rows, to_store_rows
+    from train.frame_store import read_split, rows_per_shard, store_key, stored_rows
+    from train.frame_store import to_store_rows, write_target
 
     start = time.perf_counter()
     folder = store.folder(options.num_candidates, options.frame_size, options.frames_dir)
+    frame_shape = (options.num_candidates, options.frame_size, options.frame_size, 3)
     keys = [store_key(u, e) for u, e in zip(uris, etags, strict=True)]
     stored = stored_rows(store, folder)
     todo = [i for i, key in enumerate(keys) if key not in stored]
-    fs, path = store.filesystem(folder)
     if todo:
         rows = [{"video_id": records[i].video_id, "uri": uris[i], "captions": "[]"} for i in todo]
         options = replace(options, remote=any(uris[i].startswith("s3://") for i in todo))
@@ -216,10 +215,15 @@ def _decode_through_store(
             batch_format="numpy",
             num_cpus=options.num_cpus,
         )
-        decoded.write_parquet(path, filesystem=fs)
+        decoded.write_parquet(
+            **write_target(store, folder, options.num_cpus),
+            min_rows_per_file=rows_per_shard(frame_shape),
+        )
         stored = stored_rows(store, folder)
     wanted, bad = {}, set()
     for record, key in zip(records, keys, strict=True):
+        if key not in stored:  # its shard was written, then lost or cut short
+            raise RuntimeError(f"frame store {folder}: {record.video_id} was not stored")
         shard, error = stored[key]
         if error:
             bad.add(record.video_id)
@@ -230,21 +234,7 @@ def _decode_through_store(
         logger.warning("split %s: left out %s (%s)", name, failure["video_id"], failure["message"])
     if not wanted:
         raise ValueError(f"split {name!r}: no video could be decoded")
-    shards = sorted({shard for shard, _, _ in wanted.values()})
-    n, size = options.num_candidates, options.frame_size
-    frame_shape = (n, size, size, 3)
-    ds = ray.data.read_parquet(
-        shards,
-        filesystem=fs,
-        columns=["key", "frames"],
-        include_paths=True,
-        num_cpus=options.num_cpus,  # fractional: fits beside anything on a 2-core node
-    ).map_batches(
-        functools.partial(join_captions, wanted=wanted, shape=frame_shape),
-        batch_format="numpy",
-        num_cpus=options.num_cpus,
-    )
-    ds = ds.materialize()
+    ds = read_split(store, folder, wanted, frame_shape, options.num_cpus)
     logger.info(
         "split %s: %d videos decoded now, %d read from the frame store %s",
         name, len(todo), len(records) - len(todo), folder,
