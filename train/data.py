@@ -5,8 +5,8 @@
 and materialises the result in the object store (spilling to disk when it is large): the
 cache that lets epochs after the first skip decoding. With a frame store
 (:mod:`train.frame_store`, ``adaclip train``'s default) decoded candidates also persist on
-disk or s3:// across runs: a later run or resubmission decodes only new or changed videos. Videos that fail to decode are
-reported once and dropped. Rows are ``video_id`` (str), ``frames`` (N, S, S, 3) uint8 and
+disk or s3:// across runs: a later run or resubmission decodes only new or changed videos.
+Videos that fail to decode are reported once and dropped. Rows are ``video_id`` (str), ``frames`` (N, S, S, 3) uint8 and
 ``captions`` (JSON list of strings); the training loop draws a caption per epoch.
 """
 
@@ -15,9 +15,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,14 @@ def _decode_through_store(
     store: FrameStore,
 ) -> DecodedSplit:
     """Decode what the store lacks, append it, read the whole split back from the store."""
-    from train.frame_store import read_split, rows_per_shard, store_key, stored_rows
-    from train.frame_store import to_store_rows, write_target
+    from train.frame_store import (
+        read_split,
+        rows_per_shard,
+        store_key,
+        stored_rows,
+        to_store_rows,
+        write_target,
+    )
 
     start = time.perf_counter()
     folder = store.folder(options.num_candidates, options.frame_size, options.frames_dir)
@@ -333,6 +343,37 @@ def torch_batches(
         local_shuffle_buffer_size=max(2 * batch_size, 64),
         local_shuffle_seed=shuffle_seed,
     )
+
+
+def started(batches: Iterable[T]) -> Iterator[T]:
+    """``batches`` with its first item already being fetched in a background thread.
+
+    A data stream's start-up (Ray Data's executor, the first blocks reaching this process)
+    then overlaps whatever the caller does before it iterates, such as building the model
+    and loading a checkpoint. An error of the fetch is raised at the first ``next``.
+    """
+    iterator = iter(batches)
+    first: Future[Any] = Future()
+
+    def fetch() -> None:
+        try:
+            first.set_result(next(iterator, _END))
+        except BaseException as err:  # handed to the consumer
+            first.set_exception(err)
+
+    threading.Thread(target=fetch, name="first-batch", daemon=True).start()
+
+    def chain() -> Iterator[T]:
+        item = first.result()
+        if item is _END:
+            return
+        yield item
+        yield from iterator
+
+    return chain()
+
+
+_END = object()
 
 
 def batch_captions(batch: dict[str, Any]) -> list[list[str]]:

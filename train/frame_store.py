@@ -134,10 +134,10 @@ def write_target(store: FrameStore, folder: str, num_cpus: float) -> dict[str, A
     A local store is written on the driver's node, whichever node decoded.
     """
     fs, path = store.filesystem(folder)
-    return {"path": path, "filesystem": fs, "ray_remote_args": _io_task_options(store, num_cpus)}
+    return {"path": path, "filesystem": fs, "ray_remote_args": io_task_options(store, num_cpus)}
 
 
-def _io_task_options(store: FrameStore, num_cpus: float) -> dict[str, Any]:
+def io_task_options(store: FrameStore, num_cpus: float) -> dict[str, Any]:
     """Ray options of a task that reads or writes shards: for a local store, pinned to the
     driver's node and asking for no CPU (a head node started with zero CPUs still holds
     the folder)."""
@@ -175,7 +175,7 @@ def read_split(
         by_shard.setdefault(shard, {})[key] = (video_id, captions)
     shards = sorted(by_shard)
     fs, _ = store.filesystem(folder)
-    options = {"num_returns": "streaming", **_io_task_options(store, num_cpus)}
+    options = {"num_returns": "streaming", **io_task_options(store, num_cpus)}
     parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
     if store.local:  # tasks on the driver's node only
         parallel = min(parallel, os.cpu_count() or 1)

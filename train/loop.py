@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from adaclip.config import AdaClipConfig
 from adaclip.loss import MAX_LOGIT_SCALE, all_gather_with_grad, symmetric_infonce
 from adaclip.model import AdaCLIP, TrainOutput
 from adaclip.topk import temperature_schedule
-from train.data import batch_captions, batch_frames, torch_batches
+from train.data import batch_captions, batch_frames, started, torch_batches
 from train.datasets import sample_caption
 from train.evaluate import evaluate_batches, evaluate_sharded
 from train.selection import SelectionStats
@@ -234,9 +235,20 @@ def save_epoch_checkpoint(
 
 def load_epoch_checkpoint(model: AdaCLIP, folder: str) -> dict[str, Any]:
     """Load weights into ``model``; return the training state (``weights_only`` load)."""
+    load_model_weights(model, folder)
+    return load_train_state(folder)
+
+
+def load_model_weights(model: AdaCLIP, folder: str) -> None:
+    """Load an epoch checkpoint's weights into ``model``."""
     from safetensors.torch import load_model
 
     load_model(model, str(Path(folder) / "model.safetensors"))
+
+
+def load_train_state(folder: str) -> dict[str, Any]:
+    """An epoch checkpoint's training state: epoch, history, optimiser, GradScaler, RNG
+    (``weights_only`` load)."""
     state: dict[str, Any] = torch.load(Path(folder) / STATE_FILE, weights_only=True)
     state["history"] = json.loads(state["history"])
     return state
@@ -252,14 +264,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    model = build_model(cfg)  # the same initial weights on every rank
-    seed_rank(cfg.seed, rank)  # but each rank its own Gumbel noise
-
-    state: dict[str, Any] = {"epoch": 0, "history": []}
+    plan = batch_plan(cfg.global_batch_size, world, cfg.num_train_videos, cfg.max_worker_batch)
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_epoch_checkpoint(model, folder)
+    with checkpoint.as_directory() if checkpoint is not None else nullcontext() as folder:
+        fresh: dict[str, Any] = {"epoch": 0, "history": []}
+        state = load_train_state(folder) if folder else fresh
+        first_epoch = int(state["epoch"])
+        # the first epoch's data stream starts now and overlaps building the model
+        first_batches: Iterable[dict[str, Any]] = (
+            started(_epoch_batches(cfg, plan, first_epoch, rank, device))
+            if first_epoch < cfg.num_epochs
+            else ()
+        )
+        model = build_model(cfg)  # the same initial weights on every rank
+        seed_rank(cfg.seed, rank)  # but each rank its own Gumbel noise
+        if folder:
+            load_model_weights(model, folder)
     model = model.to(device)
     optimizer = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
@@ -267,20 +287,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restore_train_state(state, optimizer, scaler, rank, world)
     ddp = ray.train.torch.prepare_model(model, move_to_device=False)
 
-    plan = batch_plan(cfg.global_batch_size, world, cfg.num_train_videos, cfg.max_worker_batch)
     if rank == 0:  # every (re)start of the worker group says what it runs with
         print(f"[adaclip train] epoch {state['epoch']}: {plan.describe()}", flush=True)
     node_ids = gather_node_ids()
-    for epoch in range(int(state["epoch"]), cfg.num_epochs):
+    for epoch in range(first_epoch, cfg.num_epochs):
         start = time.perf_counter()
         tau = temperature_schedule(epoch)
-        shard = ray.train.get_dataset_shard("train")
-        batches = torch_batches(
-            shard,
-            plan.local_batch,
-            pin_memory=device.type == "cuda",
-            prefetch=2,
-            shuffle_seed=cfg.seed * 100_003 + epoch * 101 + rank,
+        batches = (
+            first_batches
+            if epoch == first_epoch
+            else _epoch_batches(cfg, plan, epoch, rank, device)
         )
         stats = _train_epoch(ddp, model, optimizer, scaler, cfg, epoch, tau, batches, plan, rank)
         record = _epoch_record(epoch, stats, tau, plan, start)
@@ -288,6 +304,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         rng = gather_rng_states()
         state = {"epoch": epoch + 1, "history": [*state["history"], record]}
         _report(model, optimizer, scaler, rng, state, rank, world, cfg.eval_batch_size)
+
+
+def _epoch_batches(
+    cfg: LoopConfig, plan: BatchPlan, epoch: int, rank: int, device: torch.device
+) -> Iterable[dict[str, Any]]:
+    """This rank's training batches of one epoch (its own shuffle order)."""
+    import ray.train
+
+    return torch_batches(
+        ray.train.get_dataset_shard("train"),
+        plan.local_batch,
+        pin_memory=device.type == "cuda",
+        prefetch=2,
+        shuffle_seed=cfg.seed * 100_003 + epoch * 101 + rank,
+    )
 
 
 def restore_train_state(

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from adaclip.synth import generate_dataset
-from train.data import DecodeOptions, DecodedSplit, decode_split
-from train.frame_store import BLOCK_ROWS, FrameStore, _io_task_options, stored_rows
+from train.data import DecodedSplit, DecodeOptions, decode_split
+from train.frame_store import BLOCK_ROWS, FrameStore, io_task_options, stored_rows
 
 OPTIONS = DecodeOptions(num_candidates=4, frame_size=32, num_cpus=0.2)
 BUCKET = "frame-store"
@@ -77,7 +77,7 @@ def test_local_store_reads_small_blocks_on_the_driver_node(
         assert frames.shape == (4, 32, 32, 3) and np.array_equal(frames, before[vid][0])
         assert captions == annotations[vid]["sentences"]
 
-    options = _io_task_options(store, 0.2)  # pinned to this node, no CPU asked
+    options = io_task_options(store, 0.2)  # pinned to this node, no CPU asked
     assert options["num_cpus"] == 0
     assert options["scheduling_strategy"].node_id == ray.get_runtime_context().get_node_id()
     assert options["scheduling_strategy"].soft is False
@@ -105,7 +105,7 @@ def test_store_in_a_bucket_is_read_by_a_later_run(
     from pipelines.sources import s3_client
 
     store = FrameStore(f"s3://{BUCKET}/frames", s3_endpoint_url=s3_endpoint)
-    assert not store.local and "scheduling_strategy" not in _io_task_options(store, 0.2)
+    assert not store.local and "scheduling_strategy" not in io_task_options(store, 0.2)
     first = _decode(videos, store)
     assert first.decoded_videos == 40
     listing = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="frames/")

@@ -227,3 +227,28 @@ def test_embeddings_travel_as_rows_and_merge_in_canonical_order() -> None:
     for field in ("videos", "frames", "texts", "kept", "entropy"):
         torch.testing.assert_close(getattr(merged, field), getattr(direct, field))
     torch.testing.assert_close(merged.texts[0], a.texts[2])  # v1's caption
+
+
+def test_first_batch_is_fetched_while_the_caller_builds_the_model() -> None:
+    import threading
+
+    from train.data import started
+
+    fetched = threading.Event()
+
+    def stream() -> Any:
+        fetched.set()  # Ray Data's executor starting, the first block arriving
+        yield from range(3)
+
+    batches = started(stream())
+    assert fetched.wait(5)  # began before anything iterated
+    assert list(batches) == [0, 1, 2]
+    assert list(started(iter(()))) == []
+
+    def broken() -> Any:
+        raise OSError("shard unreadable")
+        yield  # a generator
+
+    later = started(broken())  # the error surfaces where the epoch asks for data
+    with pytest.raises(OSError, match="shard unreadable"):
+        next(later)
